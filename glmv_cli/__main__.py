@@ -1,0 +1,3 @@
+from glmv_cli.cli import main
+
+main()

@@ -1,0 +1,56 @@
+"""The `glmv` command: the only place that imports typer and rich."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from glmv_cli import __version__
+from glmv_cli.cli import ask as ask_cmd
+
+app = typer.Typer(
+    name="glmv",
+    help=(
+        "Turn documents (images, PDFs) into validated structured data with GLM-4.6V-Flash, locally.\n\n"
+        "Exit codes: 0 all ok; 1 fatal (model cannot load, output not writable); "
+        "2 usage error; 3 some documents failed (the rest are written); 130 interrupted."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    import torch  # only here: --version reports the device
+
+    device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    typer.echo(f"glmv {__version__}\ntorch {ver('torch')}\ntransformers {ver('transformers')}\ndevice {device}")
+    raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show glmv, torch and transformers versions and the device.")] = False,
+) -> None:
+    """glmv: documents in, validated structured data out."""
+
+
+app.command("ask")(ask_cmd.ask)
+
+
+def main() -> None:
+    app()

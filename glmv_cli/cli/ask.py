@@ -1,0 +1,96 @@
+"""`glmv ask FILE... QUESTION`: a streamed answer about images or PDF pages."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Annotated
+
+import typer
+
+from glmv_cli.cli.common import (
+    DEFAULT,
+    DeviceOpt,
+    DpiOpt,
+    DtypeOpt,
+    ModelOpt,
+    PasswordOpt,
+    QuantOpt,
+    RevisionOpt,
+    ThinkOpt,
+    handle_errors,
+)
+from glmv_cli.errors import EngineError, UsageError
+
+
+@handle_errors
+def ask(
+    args: Annotated[list[str], typer.Argument(metavar="FILE... QUESTION",
+                                              help="One or more images or PDFs ('-' for stdin), then the question.")],
+    page: Annotated[int, typer.Option(min=1, help="PDF page to look at.")] = 1,
+    dpi: DpiOpt = 150,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate.")] = 1024,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy (deterministic).")] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the answer and timings.")] = False,
+    stats: Annotated[bool, typer.Option(help="Print load time, time to first token and tokens/s on stderr.")] = False,
+    think: ThinkOpt = False,
+    password: PasswordOpt = None,
+    model: ModelOpt = DEFAULT,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    quant: QuantOpt = "auto",
+    revision: RevisionOpt = None,
+) -> None:
+    """Ask a question about one or more images or PDF pages; the answer streams to stdout."""
+    from glmv_cli.engine.base import GenerationSettings, Request
+    from glmv_cli.engine.factory import create_backend
+    from glmv_cli.inputs import load_document
+
+    if len(args) < 2:
+        raise UsageError("give at least one FILE and a QUESTION", "glmv ask invoice.png 'What is the total?'")
+    *files, question = args
+    if files.count("-") > 1:
+        raise UsageError("stdin ('-') can be given only once")
+    started = time.perf_counter()
+    images = []
+    for name in files:
+        source = sys.stdin.buffer.read() if name == "-" else name
+        doc = load_document(source, name=name, pages=[page], dpi=dpi, password=password, max_pages=1)
+        images.extend(p.image for p in doc.pages)
+    load_inputs_s = time.perf_counter() - started
+
+    backend = create_backend(model, device=device, dtype=dtype, quant=quant, revision=revision)
+    request = Request(images=images, prompt=question,
+                      settings=GenerationSettings(max_new_tokens=max_tokens, temperature=temperature, think=think))
+    if as_json:
+        gen = backend.generate([request])[0]
+    else:
+        def write(piece: str) -> None:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+        gen = backend.stream(request, write)
+        sys.stdout.write("\n")
+    if gen.error:
+        raise EngineError(f"generation failed: {gen.error}")
+    timings = {
+        "inputs_s": round(load_inputs_s, 4), "model_load_s": round(backend.load_s, 3),
+        "preprocess_s": round(gen.preprocess_s, 4), "ttft_s": _round(gen.ttft_s), "generate_s": round(gen.generate_s, 4),
+        "prompt_tokens": gen.prompt_tokens, "output_tokens": gen.output_tokens, "tokens_per_s": _round(gen.tokens_per_s),
+    }
+    if as_json:
+        payload = {"answer": gen.text, "files": files, "model": model, "finish_reason": gen.finish_reason,
+                   "timings": timings}
+        if think:
+            payload["thinking"] = gen.thinking
+        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+    if stats:
+        sys.stderr.write(
+            f"model load {timings['model_load_s']:.2f}s | time to first token {gen.ttft_s or 0:.3f}s | "
+            f"{gen.output_tokens} tokens at {gen.tokens_per_s or 0:.1f} tokens/s\n"
+        )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

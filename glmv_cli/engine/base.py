@@ -1,0 +1,95 @@
+"""The backend interface: a batch of requests in, one generation per request out.
+
+A local transformers backend implements it today; an OpenAI-compatible HTTP backend (vLLM,
+SGLang) can implement the same contract, so extraction never knows which one runs.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_MODEL = "zai-org/GLM-4.6V-Flash"
+
+
+class GenerationSettings(BaseModel):
+    """Decoding settings; everything here changes the answer, so it is part of cache keys."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_new_tokens: int = 1024
+    temperature: float = 0.0  # 0 = greedy, what extraction wants
+    top_p: float | None = None
+    seed: int | None = None
+    think: bool = False
+    think_budget: int | None = None  # max thinking tokens when think is on
+    logprobs: bool = False  # per-token log-probabilities of the chosen tokens (unconstrained)
+
+
+class Request(BaseModel):
+    """One prompt over zero or more page images, optionally constrained to a JSON Schema."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    images: list[Any] = Field(default_factory=list)  # PIL images, in order
+    prompt: str
+    system: str | None = None
+    json_schema: dict[str, Any] | None = None
+    assistant_prefix: str = ""  # text the answer continues from (e.g. finished thinking)
+    settings: GenerationSettings = Field(default_factory=GenerationSettings)
+    tag: Any = None  # caller's handle, returned untouched
+
+
+class Generation(BaseModel):
+    """The answer to one request, with token counts and timings (seconds)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    text: str = ""  # the answer, thinking and box markers stripped
+    thinking: str | None = None
+    finish_reason: Literal["stop", "length", "error"] = "stop"
+    error: str | None = None
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    preprocess_s: float = 0.0
+    ttft_s: float | None = None  # from batch start (preprocessing included) to the first token
+    decode_s: float = 0.0  # from the first token to the last
+    generate_s: float = 0.0  # preprocessing + generate for the batch this request was in
+    batch_size: int = 1
+    token_logprobs: list[float] | None = None
+    tokens: list[str] | None = None  # decoded tokens, aligned with token_logprobs
+    tag: Any = None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if self.output_tokens > 1 and self.decode_s > 0:
+            return (self.output_tokens - 1) / self.decode_s
+        return None
+
+
+class Backend(abc.ABC):
+    """A model that answers batches of requests."""
+
+    model_id: str
+    load_s: float = 0.0
+
+    @abc.abstractmethod
+    def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        """Answer every request; a failure of one request is reported in its Generation."""
+
+    @abc.abstractmethod
+    def stream(self, request: Request, on_text: Callable[[str], None]) -> Generation:
+        """Answer one request, calling on_text with each new piece of answer text."""
+
+    @abc.abstractmethod
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything about the model that changes answers (id, revision, quantisation, dtype)."""
+
+    def default_batch_size(self) -> int:
+        return 1
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""

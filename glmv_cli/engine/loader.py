@@ -1,0 +1,214 @@
+"""Load GLM-4.6V-Flash (hub id or local folder) with its own processor, on the right device.
+
+Only the local backend imports this module: it is where torch and transformers come in.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glmv_cli.errors import ModelLoadError, UsageError
+
+QUANT_CHOICES = ("auto", "none", "8bit", "4bit")
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+          "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
+# The vision tower and the output head stay unquantised: a quantised ViT reads garbage values.
+SKIP_QUANT_MODULES = ["model.visual", "lm_head"]
+BIG_GPU_BYTES = 40 * 2**30  # bf16 weights are 20.6 GB; below this, 4-bit leaves room for KV cache
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    processor: Any
+    tokenizer: Any
+    model_id: str
+    revision: str | None
+    device: str
+    dtype: str
+    quant: str
+    eos_ids: list[int]
+    vocab_size: int
+    processor_kind: str  # "stock" or "image-only" (no torchvision)
+    load_s: float
+
+
+def pick_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} asked for, but no CUDA GPU is available", "use --device cpu")
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown --dtype {dtype!r}", f"choose from auto, {', '.join(sorted(DTYPES))}")
+    return DTYPES[dtype]
+
+
+def pick_quant(quant: str, device: str) -> str:
+    """The default rule: 4-bit on GPUs under 40 GB, none on big GPUs and on CPU."""
+    if quant not in QUANT_CHOICES:
+        raise UsageError(f"unknown --quant {quant!r}", "choose from auto, none, 8bit, 4bit")
+    if quant != "auto":
+        return quant
+    if device.startswith("cuda"):
+        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        return "none" if total >= BIG_GPU_BYTES else "4bit"
+    return "none"
+
+
+def looks_like_path(model: str) -> bool:
+    """A hub id is `org/name`; anything on disk, absolute, relative or deeper is a folder."""
+    return Path(model).expanduser().exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
+
+
+def _check_folder(model: str) -> Path:
+    folder = Path(model).expanduser()
+    if not folder.exists():
+        raise ModelLoadError(
+            f"model folder {folder} does not exist",
+            "pass --model with a folder holding config.json, or a hub id such as zai-org/GLM-4.6V-Flash",
+        )
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(
+            f"{folder} is not a model folder (no config.json)",
+            "download one with `hf download zai-org/GLM-4.6V-Flash --local-dir DIR`, then --model DIR",
+        )
+    return folder
+
+
+def _image_only_processor_class():
+    """GLM's processor without its video slot, for machines without torchvision."""
+    from transformers.models.glm46v.processing_glm46v import Glm46VProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class ImageOnlyGlmProcessor(Glm46VProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token = getattr(tokenizer, "image_token", None) or "<|image|>"
+            self.video_token = getattr(tokenizer, "video_token", None) or "<|video|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+            self.video_start_id = tokenizer.convert_tokens_to_ids("<|begin_of_video|>")
+            self.video_end_id = tokenizer.convert_tokens_to_ids("<|end_of_video|>")
+
+    return ImageOnlyGlmProcessor
+
+
+def load_processor(source: str, revision: str | None) -> tuple[Any, str]:
+    from transformers import AutoProcessor
+    from transformers.utils import is_torchvision_available
+
+    if is_torchvision_available():
+        try:
+            return AutoProcessor.from_pretrained(source, revision=revision), "stock"
+        except ImportError:
+            pass  # torchvision present but unusable beside this torch
+    processor = _image_only_processor_class().from_pretrained(source, revision=revision)
+    return processor, "image-only"
+
+
+def _quantization_config(quant: str, device: str):
+    if quant == "none":
+        return None
+    if not device.startswith("cuda"):
+        if quant == "4bit":
+            raise UsageError("--quant 4bit needs a CUDA GPU (bitsandbytes nf4)", "on CPU use --quant 8bit or none")
+        return None  # CPU int8 is applied after loading
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"--quant {quant} needs bitsandbytes, which is not installed", "pip install 'glmv[gpu]' or use --quant none"
+        ) from exc
+    if quant == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+            llm_int8_skip_modules=SKIP_QUANT_MODULES,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=SKIP_QUANT_MODULES)
+
+
+def _quantize_cpu_int8(model: Any) -> None:
+    """Dynamic int8 weights for the text decoder's Linear layers (torch built-in, CPU only)."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.model.language_model = quantize_dynamic(model.model.language_model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    ids = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
+    for token in ("<|endoftext|>", "<|user|>", "<|observation|>"):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid not in ids:
+            ids.append(tid)
+    return ids
+
+
+def load_model(model: str, *, device: str = "auto", dtype: str = "auto", quant: str = "auto",
+               revision: str | None = None) -> LoadedModel:
+    """Load model + processor once; every failure becomes one ModelLoadError line."""
+    from transformers import AutoModelForImageTextToText
+    from transformers.utils import logging as hf_logging
+
+    started = time.perf_counter()
+    device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
+    quant = pick_quant(quant, device)
+    source = str(_check_folder(model)) if looks_like_path(model) else model
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # the weight-loading bar is noise; hub downloads keep theirs
+    try:
+        processor, kind = load_processor(source, revision)
+        kwargs: dict[str, Any] = {"dtype": torch_dtype, "revision": revision}
+        qconfig = _quantization_config(quant, device)
+        if qconfig is not None:
+            kwargs.update(quantization_config=qconfig, device_map={"": device})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+    except (UsageError, ModelLoadError):
+        raise
+    except OSError as exc:
+        raise ModelLoadError(
+            f"model {model!r} could not be found locally and could not be downloaded ({_first_line(exc)})",
+            f"download it with `hf download {model}` on a connected machine, or pass --model PATH to a local folder",
+        ) from exc
+    except Exception as exc:  # a broken or incompatible checkpoint
+        raise ModelLoadError(f"model {model!r} failed to load: {_first_line(exc)}",
+                             "check the folder is a complete GLM-4.6V checkpoint and transformers >= 5.2") from exc
+    if qconfig is None:
+        net.to(device)
+        if quant == "8bit":
+            _quantize_cpu_int8(net)
+    net.eval()
+    tokenizer = processor.tokenizer
+    tokenizer.padding_side = "left"
+    return LoadedModel(
+        model=net, processor=processor, tokenizer=tokenizer, model_id=model,
+        revision=revision or getattr(net.config, "_commit_hash", None), device=device,
+        dtype=str(torch_dtype).removeprefix("torch."), quant=quant, eos_ids=_eos_ids(net, tokenizer),
+        vocab_size=int(net.config.text_config.vocab_size), processor_kind=kind, load_s=time.perf_counter() - started,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

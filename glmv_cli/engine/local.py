@@ -1,0 +1,231 @@
+"""The local backend: GLM-4.6V-Flash through transformers `generate`, batched and constrained."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from itertools import groupby
+from typing import Any
+
+import torch
+from transformers import GenerationConfig
+from transformers.generation.streamers import BaseStreamer
+
+from glmv_cli.engine.base import DEFAULT_MODEL, Backend, Generation, GenerationSettings, Request
+from glmv_cli.engine.grammar import GrammarCompiler, StepProcessor
+from glmv_cli.engine.loader import LoadedModel, load_model
+from glmv_cli.engine.text import THINK_CLOSE, AnswerFilter, split_thinking
+
+
+class _TextStreamer(BaseStreamer):
+    """Decodes a single row incrementally and hands answer text to a callback."""
+
+    def __init__(self, tokenizer: Any, stop_ids: set[int], on_text: Callable[[str], None], thinking: bool):
+        self.tokenizer, self.stop_ids, self.on_text = tokenizer, stop_ids, on_text
+        self.filter = AnswerFilter(thinking=thinking)
+        self.ids: list[int] = []
+        self.emitted = 0
+        self.seen_prompt = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.seen_prompt:  # generate hands over the prompt first
+            self.seen_prompt = True
+            return
+        self.ids.extend(t for t in value.reshape(-1).tolist() if t not in self.stop_ids)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
+        if text.endswith("\ufffd"):
+            return  # a multi-byte character is still arriving
+        piece, self.emitted = text[self.emitted :], len(text)
+        if out := self.filter.feed(piece):
+            self.on_text(out)
+
+    def end(self) -> None:
+        if out := self.filter.flush():
+            self.on_text(out)
+
+
+class LocalBackend(Backend):
+    """Runs the model in this process; loads it on first use, once."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
+                 quant: str = "auto", revision: str | None = None, batch_size: int | None = None):
+        self.model_id = model
+        self._options = {"device": device, "dtype": dtype, "quant": quant, "revision": revision}
+        self._batch_size = batch_size
+        self._loaded: LoadedModel | None = None
+        self._grammar: GrammarCompiler | None = None
+        self._lock = threading.Lock()
+
+    # -- loading -------------------------------------------------------------------------------
+    @property
+    def loaded(self) -> LoadedModel:
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = load_model(self.model_id, **self._options)
+                self.load_s = self._loaded.load_s
+            return self._loaded
+
+    @property
+    def grammar(self) -> GrammarCompiler:
+        if self._grammar is None:
+            lm = self.loaded
+            self._grammar = GrammarCompiler(lm.tokenizer, lm.vocab_size, lm.eos_ids)
+        return self._grammar
+
+    def prepare_schema(self, schema: dict[str, Any]) -> float:
+        """Compile a schema's grammar ahead of the first document; returns set-up seconds."""
+        self.grammar.grammar(schema)
+        return self.grammar.setup_s
+
+    def fingerprint(self) -> dict[str, Any]:
+        lm = self.loaded
+        return {"model": lm.model_id, "revision": lm.revision, "quant": lm.quant, "dtype": lm.dtype,
+                "device_type": lm.device.split(":")[0], "backend": "transformers"}
+
+    def default_batch_size(self) -> int:
+        if self._batch_size:
+            return self._batch_size
+        lm = self.loaded
+        if lm.device.startswith("cuda"):
+            free, _ = torch.cuda.mem_get_info(torch.device(lm.device))
+            # ~40 KB of bf16 KV cache per token; budget 8k tokens (pages + answer) per row.
+            return max(1, min(16, int(free * 0.6 // (40_000 * 8192))))
+        return 8
+
+    # -- generation ----------------------------------------------------------------------------
+    def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        results: dict[int, Generation] = {}
+        order = sorted(range(len(requests)), key=lambda i: _settings_key(requests[i]))
+        for _, group in groupby(order, key=lambda i: _settings_key(requests[i])):
+            idx = list(group)
+            for i, gen in zip(idx, self._generate_group([requests[i] for i in idx]), strict=True):
+                results[i] = gen
+        return [results[i] for i in range(len(requests))]
+
+    def stream(self, request: Request, on_text: Callable[[str], None]) -> Generation:
+        lm = self.loaded
+        streamer = _TextStreamer(lm.tokenizer, set(lm.eos_ids) | {lm.tokenizer.pad_token_id},
+                                 on_text, thinking=request.settings.think)
+        return self._generate_group([request], streamer=streamer)[0]
+
+    def _generate_group(self, requests: list[Request], streamer: BaseStreamer | None = None) -> list[Generation]:
+        settings = requests[0].settings
+        if settings.think and any(r.json_schema for r in requests):
+            return self._think_then_answer(requests)
+        try:
+            return self._run(requests, settings, streamer=streamer)
+        except Exception as exc:
+            if len(requests) == 1:
+                return [Generation(finish_reason="error", error=_one_line(exc), tag=requests[0].tag)]
+            # One bad row must not sink its batch: retry each alone.
+            return [self._generate_group([r])[0] for r in requests]
+
+    def _think_then_answer(self, requests: list[Request]) -> list[Generation]:
+        """Free thinking up to a budget, then the constrained JSON after </think>."""
+        settings = requests[0].settings
+        budget = settings.think_budget or settings.max_new_tokens
+        free = settings.model_copy(update={"max_new_tokens": budget})
+        thoughts = self._run(requests, free, stop_at_think_close=True, think=True)
+        answers = []
+        answer_settings = settings.model_copy(update={"think": False})
+        for req, thought in zip(requests, thoughts, strict=True):
+            prefix = f"<think>{thought.thinking or thought.text}{THINK_CLOSE}\n"
+            answers.append(req.model_copy(update={"settings": answer_settings, "assistant_prefix": prefix}))
+        finals = self._run(answers, answer_settings)
+        for final, thought in zip(finals, thoughts, strict=True):
+            final.thinking = thought.thinking or thought.text
+            final.output_tokens += thought.output_tokens
+            final.generate_s += thought.generate_s
+            final.decode_s += thought.decode_s
+            final.ttft_s = thought.ttft_s
+        return finals
+
+    def _prompts(self, requests: list[Request], think: bool) -> list[str]:
+        lm = self.loaded
+        texts = []
+        for req in requests:
+            messages = []
+            if req.system:
+                messages.append({"role": "system", "content": [{"type": "text", "text": req.system}]})
+            content = [{"type": "image"} for _ in req.images] + [{"type": "text", "text": req.prompt}]
+            messages.append({"role": "user", "content": content})
+            text = lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                                    enable_thinking=think)
+            texts.append(text + req.assistant_prefix)
+        return texts
+
+    def _run(self, requests: list[Request], settings: GenerationSettings, *, streamer: BaseStreamer | None = None,
+             stop_at_think_close: bool = False, think: bool | None = None) -> list[Generation]:
+        lm = self.loaded
+        think = settings.think if think is None else think
+        started = time.perf_counter()
+        texts = self._prompts(requests, think)
+        images = [list(r.images) for r in requests]
+        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
+        if any(images):
+            kwargs["images"] = images
+        inputs = lm.processor(**kwargs)
+        inputs.pop("token_type_ids", None)
+        inputs = inputs.to(lm.model.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(lm.model.dtype)
+        preprocess_s = time.perf_counter() - started
+
+        eos_ids = list(lm.eos_ids)
+        if stop_at_think_close:
+            eos_ids.append(lm.tokenizer.convert_tokens_to_ids(THINK_CLOSE))
+        matchers = [self.grammar.matcher(r.json_schema) if r.json_schema else None for r in requests]
+        steps = StepProcessor(matchers, lm.vocab_size, set(eos_ids), logprobs=settings.logprobs)
+        config = GenerationConfig(
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=settings.temperature > 0,
+            temperature=settings.temperature if settings.temperature > 0 else None,
+            top_p=settings.top_p if settings.temperature > 0 else None,
+            top_k=None,
+            eos_token_id=eos_ids,
+            pad_token_id=lm.tokenizer.pad_token_id,
+        )
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed)
+        with torch.inference_mode():
+            out = lm.model.generate(**inputs, generation_config=config, logits_processor=[steps], streamer=streamer)
+        ended = time.perf_counter()
+        prompt_len = inputs["input_ids"].shape[1]
+        new = out[:, prompt_len:]
+        steps.finish(new[:, -1].tolist() if new.shape[1] else [])
+        first = steps.first_step_at or ended
+        timing = {"preprocess_s": preprocess_s, "ttft_s": first - started, "decode_s": ended - first,
+                  "generate_s": ended - started, "batch_size": len(requests)}
+        return [
+            self._decode(row, requests[i], steps, i, int(inputs["attention_mask"][i].sum()), set(eos_ids), think, timing)
+            for i, row in enumerate(new.tolist())
+        ]
+
+    def _decode(self, row: list[int], req: Request, steps: StepProcessor, i: int, prompt_tokens: int,
+                eos_ids: set[int], think: bool, timing: dict[str, Any]) -> Generation:
+        tok = self.loaded.tokenizer
+        stop = next((n for n, t in enumerate(row) if t in eos_ids), None)
+        ids = row[:stop] if stop is not None else row
+        raw = tok.decode(ids, skip_special_tokens=False)
+        thinking, text = split_thinking(("<think>" if think else "") + raw)
+        logprobs = steps.token_logprobs[i][: len(ids)] if req.settings.logprobs else None
+        error = steps.errors[i]
+        return Generation(
+            text=text.strip(), thinking=thinking, prompt_tokens=prompt_tokens,
+            output_tokens=len(ids) + (1 if stop is not None else 0),
+            finish_reason="error" if error else ("stop" if stop is not None else "length"),
+            error=f"grammar: {error}" if error else None,
+            **timing,
+            token_logprobs=logprobs, tokens=[tok.decode([t]) for t in ids] if logprobs is not None else None,
+            tag=req.tag,
+        )
+
+
+def _settings_key(request: Request) -> str:
+    return request.settings.model_dump_json()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

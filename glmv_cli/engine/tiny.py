@@ -1,0 +1,237 @@
+"""Build a tiny random-weight checkpoint of GLM-4.6V-Flash's architecture, offline and deterministically.
+
+The real code path (AutoModelForImageTextToText, the checkpoint's processor and chat template,
+several EOS ids, left-padded batches) runs against it in a fraction of a second. Values are
+meaningless; shapes, batching, constraints and validation are real.
+
+    python -m glmv_cli.engine.tiny build/tiny-glm4v
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+# GLM-4 special tokens, in the real tokenizer's order (ids there start at 151329).
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "<sop>",
+    "<eop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+    "<|begin_of_image|>",
+    "<|end_of_image|>",
+    "<|begin_of_video|>",
+    "<|end_of_video|>",
+    "<|image|>",
+    "<|video|>",
+    "<|begin_of_audio|>",
+    "<|end_of_audio|>",
+    "<|begin_of_transcription|>",
+    "<|end_of_transcription|>",
+    "<|code_prefix|>",
+    "<|code_middle|>",
+    "<|code_suffix|>",
+    "<think>",
+    "</think>",
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",
+    "<arg_key>",
+    "</arg_key>",
+    "<arg_value>",
+    "</arg_value>",
+    "/nothink",
+    "<|begin_of_box|>",
+    "<|end_of_box|>",
+]
+# Tokens the model may emit as text (kept when decoding with skip_special_tokens=False).
+NON_SPECIAL = {"<think>", "</think>", "<|begin_of_box|>", "<|end_of_box|>", "/nothink",
+               "<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>"}
+
+# GLM-4.5V/4.6V-style template: [gMASK]<sop>, role tags, image placeholders, /nothink when
+# thinking is off, and an empty think block opening the answer.
+CHAT_TEMPLATE = (
+    "[gMASK]<sop>"
+    "{%- for msg in messages %}"
+    "{%- if msg.role == 'system' %}<|system|>\n"
+    "{% if msg.content is string %}{{ msg.content }}{% else %}"
+    "{%- for item in msg.content %}{% if item.type == 'text' %}{{ item.text }}{% endif %}{% endfor %}"
+    "{%- endif %}"
+    "{%- elif msg.role == 'user' %}<|user|>\n"
+    "{% if msg.content is string %}{{ msg.content }}{% else %}"
+    "{%- for item in msg.content %}"
+    "{%- if item.type == 'image' or 'image' in item %}<|begin_of_image|><|image|><|end_of_image|>"
+    "{%- elif item.type == 'text' %}{{ item.text }}{% endif %}"
+    "{%- endfor %}{% endif %}"
+    "{%- if enable_thinking is defined and not enable_thinking %}/nothink{% endif %}"
+    "{%- elif msg.role == 'assistant' %}<|assistant|>\n"
+    "{% if msg.content is string %}{{ msg.content }}{% else %}"
+    "{%- for item in msg.content %}{% if item.type == 'text' %}{{ item.text }}{% endif %}{% endfor %}"
+    "{%- endif %}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}<|assistant|>\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think></think>\n{% endif %}"
+    "{%- endif %}"
+)
+
+# Local training text for the byte-level BPE: document words, JSON punctuation, digits.
+_WORDS = (
+    "invoice receipt total subtotal tax vat amount due date number vendor customer address "
+    "currency EUR USD GBP quantity unit price description item line items payment method cash card "
+    "merchant store tip change balance screenshot button link input error login password email "
+    "the a of and to in is for on with what who when where how much page document title summary "
+    "key value language english french german spanish null true false name phone street city "
+    "Rechnung Facture Factura Betrag Montant Importe Datum fecha"
+).split()
+_PUNCT = ['{"', '": ', '", "', '"}', "[", "]", ", ", ": ", "null", "-", ".", "/", "\n", "  "]
+
+
+def _training_text() -> list[str]:
+    lines = []
+    for i, word in enumerate(_WORDS):
+        number = f"{(i * 7919) % 10000}.{i % 100:02d}"
+        date = f"20{10 + i % 16}-{1 + i % 12:02d}-{1 + i % 28:02d}"
+        lines.append(f'{{"{word}": "{word.title()} {number}", "date": "{date}", "n": {i}}}')
+        lines.append(" ".join(_WORDS[i:] + _WORDS[:i]))
+    lines.append("".join(_PUNCT) * 4)
+    lines.append("0123456789 " * 8)
+    return lines
+
+
+def _build_tokenizer(out: Path) -> int:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024,
+        min_frequency=1,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_training_text(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+    from tokenizers import AddedToken
+
+    fast.add_special_tokens(
+        {
+            "additional_special_tokens": [
+                AddedToken(t, special=t not in NON_SPECIAL, normalized=False) for t in SPECIAL_TOKENS
+            ]
+        }
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out)
+    return len(fast)
+
+
+def build_tiny(out: str | Path) -> Path:
+    """Write the tiny checkpoint to `out` (overwriting) and return the folder."""
+    import torch
+    from transformers import AutoTokenizer, Glm4vConfig, Glm4vForConditionalGeneration, GenerationConfig
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n_tokens = _build_tokenizer(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    vocab = (n_tokens // 64 + 2) * 64  # padded above the tokenizer, as the real 151,552 is
+
+    hidden = 64  # every Linear has in_features >= 64 (bitsandbytes on CPU needs it)
+    config = Glm4vConfig(
+        text_config={
+            "vocab_size": vocab,
+            "hidden_size": hidden,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.5,
+                # head_dim 16 x partial 0.5 / 2 = 4 frequencies, split over (t, h, w)
+                "mrope_section": [2, 1, 1],
+            },
+            "pad_token_id": ids["<|endoftext|>"],
+            "eos_token_id": [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]],
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": hidden,
+            "intermediate_size": 128,
+            "num_heads": 4,
+            "out_hidden_size": hidden,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "image_size": 336,
+            "rope_parameters": {"rope_type": "axial", "rope_theta": 10000.0},
+        },
+        image_token_id=ids["<|image|>"],
+        video_token_id=ids["<|video|>"],
+        image_start_token_id=ids["<|begin_of_image|>"],
+        image_end_token_id=ids["<|end_of_image|>"],
+        video_start_token_id=ids["<|begin_of_video|>"],
+        video_end_token_id=ids["<|end_of_video|>"],
+    )
+    torch.manual_seed(0)
+    model = Glm4vForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=[ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]],
+        pad_token_id=ids["<|endoftext|>"],
+        do_sample=True,  # the vendor's chat defaults; glmv overrides with greedy for extraction
+        temperature=0.8,
+        top_p=0.6,
+        top_k=2,
+    )
+    model.save_pretrained(out)
+
+    (out / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "Glm46VImageProcessor",
+                "processor_class": "Glm46VProcessor",
+                "do_resize": True,
+                "do_rescale": True,
+                "do_normalize": True,
+                "do_convert_rgb": True,
+                "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                "image_std": [0.26862954, 0.26130258, 0.27577711],
+                "patch_size": 14,
+                "temporal_patch_size": 2,
+                "merge_size": 2,
+                # Small cap so CPU tests stay fast: at most 256 visual tokens per image.
+                "size": {"shortest_edge": 12544, "longest_edge": 28 * 28 * 2 * 256},
+            },
+            indent=2,
+        )
+    )
+    (out / "processor_config.json").write_text(json.dumps({"processor_class": "Glm46VProcessor"}, indent=2))
+    (out / "README.md").write_text(
+        "Tiny random-weight GLM-4.6V-architecture checkpoint built by `python -m glmv_cli.engine.tiny`.\n"
+        "For tests only: its outputs are meaningless.\n"
+    )
+    return out
+
+
+if __name__ == "__main__":
+    print(build_tiny(sys.argv[1] if len(sys.argv) > 1 else "build/tiny-glm4v"))

@@ -1,0 +1,42 @@
+"""The record every document ends in: ok with data, or failed with an error and the raw text."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Status = Literal["ok", "failed", "duplicate"]
+
+
+class Timings(BaseModel):
+    """Per-document timings in seconds (None when not measured, e.g. cached)."""
+
+    load: float | None = None  # reading, decoding, rendering
+    preprocess: float | None = None  # processor: resize, patchify, tokenise
+    ttft: float | None = None  # time to first token
+    generate: float | None = None  # whole generate call share
+    total: float | None = None  # wall time for the document
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    tokens_per_s: float | None = None
+
+
+class Record(BaseModel):
+    """One output record per document (or per page with --per-page)."""
+
+    file: str
+    pages: list[int] = Field(default_factory=list)
+    status: Status
+    data: dict[str, Any] | None = None
+    error: str | None = None
+    raw: str | None = None  # the model's text, kept on failure
+    duplicate_of: str | None = None
+    cached: bool = False
+    sha256: str | None = None
+    model: str | None = None
+    schema_name: str | None = Field(default=None, serialization_alias="schema")
+    timings: Timings = Field(default_factory=Timings)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
