@@ -43,8 +43,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Show glmv, torch and transformers versions and the device.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Show glmv, torch and transformers versions and the device.",
+        ),
+    ] = False,
 ) -> None:
     """glmv: documents in, validated structured data out."""
 

@@ -26,8 +26,12 @@ from glmv_cli.errors import EngineError, UsageError
 
 @handle_errors
 def ask(
-    args: Annotated[list[str], typer.Argument(metavar="FILE... QUESTION",
-                                              help="One or more images or PDFs ('-' for stdin), then the question.")],
+    args: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="FILE... QUESTION", help="One or more images or PDFs ('-' for stdin), then the question."
+        ),
+    ],
     page: Annotated[int, typer.Option(min=1, help="PDF page to look at.")] = 1,
     dpi: DpiOpt = 150,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate.")] = 1024,
@@ -61,11 +65,15 @@ def ask(
     load_inputs_s = time.perf_counter() - started
 
     backend = create_backend(model, device=device, dtype=dtype, quant=quant, revision=revision)
-    request = Request(images=images, prompt=question,
-                      settings=GenerationSettings(max_new_tokens=max_tokens, temperature=temperature, think=think))
+    request = Request(
+        images=images,
+        prompt=question,
+        settings=GenerationSettings(max_new_tokens=max_tokens, temperature=temperature, think=think),
+    )
     if as_json:
         gen = backend.generate([request])[0]
     else:
+
         def write(piece: str) -> None:
             sys.stdout.write(piece)
             sys.stdout.flush()
@@ -75,13 +83,23 @@ def ask(
     if gen.error:
         raise EngineError(f"generation failed: {gen.error}")
     timings = {
-        "inputs_s": round(load_inputs_s, 4), "model_load_s": round(backend.load_s, 3),
-        "preprocess_s": round(gen.preprocess_s, 4), "ttft_s": _round(gen.ttft_s), "generate_s": round(gen.generate_s, 4),
-        "prompt_tokens": gen.prompt_tokens, "output_tokens": gen.output_tokens, "tokens_per_s": _round(gen.tokens_per_s),
+        "inputs_s": round(load_inputs_s, 4),
+        "model_load_s": round(backend.load_s, 3),
+        "preprocess_s": round(gen.preprocess_s, 4),
+        "ttft_s": _round(gen.ttft_s),
+        "generate_s": round(gen.generate_s, 4),
+        "prompt_tokens": gen.prompt_tokens,
+        "output_tokens": gen.output_tokens,
+        "tokens_per_s": _round(gen.tokens_per_s),
     }
     if as_json:
-        payload = {"answer": gen.text, "files": files, "model": model, "finish_reason": gen.finish_reason,
-                   "timings": timings}
+        payload = {
+            "answer": gen.text,
+            "files": files,
+            "model": model,
+            "finish_reason": gen.finish_reason,
+            "timings": timings,
+        }
         if think:
             payload["thinking"] = gen.thinking
         sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")

@@ -11,11 +11,12 @@ from typing import Annotated, Any
 
 import typer
 
-from glmv_cli.engine.base import DEFAULT_MODEL
+from glmv_cli import DEFAULT_MODEL
 from glmv_cli.errors import ExitStatus, GlmvError
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", envvar="GLMV_MODEL",
-                                       help="Hub id or local folder of a GLM-4.6V checkpoint.")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", envvar="GLMV_MODEL", help="Hub id or local folder of a GLM-4.6V checkpoint.")
+]
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")]
 DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32.")]
 QuantOpt = Annotated[str, typer.Option(help="auto, none, 8bit, 4bit. auto: 4bit on GPUs under 40 GB, none otherwise.")]

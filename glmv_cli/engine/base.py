@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_MODEL = "zai-org/GLM-4.6V-Flash"
+from glmv_cli import DEFAULT_MODEL  # noqa: F401 - re-exported for backends
 
 
 class GenerationSettings(BaseModel):
@@ -85,8 +85,8 @@ class Backend(abc.ABC):
         """Answer one request, calling on_text with each new piece of answer text."""
 
     @abc.abstractmethod
-    def fingerprint(self) -> dict[str, Any]:
-        """Everything about the model that changes answers (id, revision, quantisation, dtype)."""
+    def identity(self) -> dict[str, Any]:
+        """Everything about the model that changes answers, known without loading it (for cache keys)."""
 
     def default_batch_size(self) -> int:
         return 1

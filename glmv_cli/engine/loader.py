@@ -16,8 +16,14 @@ import torch
 from glmv_cli.errors import ModelLoadError, UsageError
 
 QUANT_CHOICES = ("auto", "none", "8bit", "4bit")
-DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-          "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
+DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+}
 # The vision tower and the output head stay unquantised: a quantised ViT reads garbage values.
 SKIP_QUANT_MODULES = ["model.visual", "lm_head"]
 BIG_GPU_BYTES = 40 * 2**30  # bf16 weights are 20.6 GB; below this, 4-bit leaves room for KV cache
@@ -37,6 +43,7 @@ class LoadedModel:
     vocab_size: int
     processor_kind: str  # "stock" or "image-only" (no torchvision)
     load_s: float
+    grammar: Any = None  # the llguidance compiler, built on first constrained request
 
 
 def pick_device(device: str = "auto") -> str:
@@ -85,6 +92,20 @@ def _check_folder(model: str) -> Path:
             "download one with `hf download zai-org/GLM-4.6V-Flash --local-dir DIR`, then --model DIR",
         )
     return folder
+
+
+def _check_hub(model: str, revision: str | None) -> str:
+    """Offline and not in the local Hugging Face cache: say so before transformers does, clearly."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(
+        try_to_load_from_cache(model, "config.json", revision=revision), str
+    ):
+        raise ModelLoadError(
+            f"model {model!r} is not in the local Hugging Face cache and glmv is offline (HF_HUB_OFFLINE=1)",
+            f"download it with `hf download {model}` on a connected machine, or pass --model PATH to a local folder",
+        )
+    return model
 
 
 def _image_only_processor_class():
@@ -162,8 +183,9 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
-def load_model(model: str, *, device: str = "auto", dtype: str = "auto", quant: str = "auto",
-               revision: str | None = None) -> LoadedModel:
+def load_model(
+    model: str, *, device: str = "auto", dtype: str = "auto", quant: str = "auto", revision: str | None = None
+) -> LoadedModel:
     """Load model + processor once; every failure becomes one ModelLoadError line."""
     from transformers import AutoModelForImageTextToText
     from transformers.utils import logging as hf_logging
@@ -172,7 +194,7 @@ def load_model(model: str, *, device: str = "auto", dtype: str = "auto", quant: 
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
     quant = pick_quant(quant, device)
-    source = str(_check_folder(model)) if looks_like_path(model) else model
+    source = str(_check_folder(model)) if looks_like_path(model) else _check_hub(model, revision)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # the weight-loading bar is noise; hub downloads keep theirs
     try:
@@ -188,12 +210,14 @@ def load_model(model: str, *, device: str = "auto", dtype: str = "auto", quant: 
         raise
     except OSError as exc:
         raise ModelLoadError(
-            f"model {model!r} could not be found locally and could not be downloaded ({_first_line(exc)})",
+            f"model {model!r} could not be downloaded: {_first_line(exc)}",
             f"download it with `hf download {model}` on a connected machine, or pass --model PATH to a local folder",
         ) from exc
     except Exception as exc:  # a broken or incompatible checkpoint
-        raise ModelLoadError(f"model {model!r} failed to load: {_first_line(exc)}",
-                             "check the folder is a complete GLM-4.6V checkpoint and transformers >= 5.2") from exc
+        raise ModelLoadError(
+            f"model {model!r} failed to load: {_first_line(exc)}",
+            "check the folder is a complete GLM-4.6V checkpoint and transformers >= 5.2",
+        ) from exc
     if qconfig is None:
         net.to(device)
         if quant == "8bit":
@@ -202,10 +226,18 @@ def load_model(model: str, *, device: str = "auto", dtype: str = "auto", quant: 
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
     return LoadedModel(
-        model=net, processor=processor, tokenizer=tokenizer, model_id=model,
-        revision=revision or getattr(net.config, "_commit_hash", None), device=device,
-        dtype=str(torch_dtype).removeprefix("torch."), quant=quant, eos_ids=_eos_ids(net, tokenizer),
-        vocab_size=int(net.config.text_config.vocab_size), processor_kind=kind, load_s=time.perf_counter() - started,
+        model=net,
+        processor=processor,
+        tokenizer=tokenizer,
+        model_id=model,
+        revision=revision or getattr(net.config, "_commit_hash", None),
+        device=device,
+        dtype=str(torch_dtype).removeprefix("torch."),
+        quant=quant,
+        eos_ids=_eos_ids(net, tokenizer),
+        vocab_size=int(net.config.text_config.vocab_size),
+        processor_kind=kind,
+        load_s=time.perf_counter() - started,
     )
 
 

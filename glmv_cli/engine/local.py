@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
 from itertools import groupby
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +18,10 @@ from glmv_cli.engine.base import DEFAULT_MODEL, Backend, Generation, GenerationS
 from glmv_cli.engine.grammar import GrammarCompiler, StepProcessor
 from glmv_cli.engine.loader import LoadedModel, load_model
 from glmv_cli.engine.text import THINK_CLOSE, AnswerFilter, split_thinking
+
+
+_MODELS: dict[tuple, LoadedModel] = {}
+_MODELS_LOCK = threading.Lock()
 
 
 class _TextStreamer(BaseStreamer):
@@ -48,40 +54,52 @@ class _TextStreamer(BaseStreamer):
 class LocalBackend(Backend):
     """Runs the model in this process; loads it on first use, once."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
-                 quant: str = "auto", revision: str | None = None, batch_size: int | None = None):
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        quant: str = "auto",
+        revision: str | None = None,
+        batch_size: int | None = None,
+    ):
         self.model_id = model
         self._options = {"device": device, "dtype": dtype, "quant": quant, "revision": revision}
         self._batch_size = batch_size
         self._loaded: LoadedModel | None = None
-        self._grammar: GrammarCompiler | None = None
-        self._lock = threading.Lock()
 
     # -- loading -------------------------------------------------------------------------------
     @property
     def loaded(self) -> LoadedModel:
-        with self._lock:
-            if self._loaded is None:
-                self._loaded = load_model(self.model_id, **self._options)
-                self.load_s = self._loaded.load_s
-            return self._loaded
+        if self._loaded is None:
+            key = (self.model_id, tuple(sorted(self._options.items(), key=lambda kv: kv[0])))
+            with _MODELS_LOCK:  # one copy of the weights per process, however many backends
+                if key not in _MODELS:
+                    _MODELS[key] = load_model(self.model_id, **self._options)
+                    self.load_s = _MODELS[key].load_s
+                self._loaded = _MODELS[key]
+        return self._loaded
 
     @property
     def grammar(self) -> GrammarCompiler:
-        if self._grammar is None:
-            lm = self.loaded
-            self._grammar = GrammarCompiler(lm.tokenizer, lm.vocab_size, lm.eos_ids)
-        return self._grammar
+        lm = self.loaded
+        if lm.grammar is None:  # shared with every backend on the same weights
+            lm.grammar = GrammarCompiler(lm.tokenizer, lm.vocab_size, lm.eos_ids)
+        return lm.grammar
 
     def prepare_schema(self, schema: dict[str, Any]) -> float:
         """Compile a schema's grammar ahead of the first document; returns set-up seconds."""
         self.grammar.grammar(schema)
         return self.grammar.setup_s
 
-    def fingerprint(self) -> dict[str, Any]:
-        lm = self.loaded
-        return {"model": lm.model_id, "revision": lm.revision, "quant": lm.quant, "dtype": lm.dtype,
-                "device_type": lm.device.split(":")[0], "backend": "transformers"}
+    def identity(self) -> dict[str, Any]:
+        return {
+            "backend": "transformers",
+            "model": self.model_id,
+            "weights": _folder_digest(self.model_id),
+            **self._options,
+        }
 
     def default_batch_size(self) -> int:
         if self._batch_size:
@@ -105,8 +123,9 @@ class LocalBackend(Backend):
 
     def stream(self, request: Request, on_text: Callable[[str], None]) -> Generation:
         lm = self.loaded
-        streamer = _TextStreamer(lm.tokenizer, set(lm.eos_ids) | {lm.tokenizer.pad_token_id},
-                                 on_text, thinking=request.settings.think)
+        streamer = _TextStreamer(
+            lm.tokenizer, set(lm.eos_ids) | {lm.tokenizer.pad_token_id}, on_text, thinking=request.settings.think
+        )
         return self._generate_group([request], streamer=streamer)[0]
 
     def _generate_group(self, requests: list[Request], streamer: BaseStreamer | None = None) -> list[Generation]:
@@ -150,13 +169,21 @@ class LocalBackend(Backend):
                 messages.append({"role": "system", "content": [{"type": "text", "text": req.system}]})
             content = [{"type": "image"} for _ in req.images] + [{"type": "text", "text": req.prompt}]
             messages.append({"role": "user", "content": content})
-            text = lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
-                                                    enable_thinking=think)
+            text = lm.processor.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False, enable_thinking=think
+            )
             texts.append(text + req.assistant_prefix)
         return texts
 
-    def _run(self, requests: list[Request], settings: GenerationSettings, *, streamer: BaseStreamer | None = None,
-             stop_at_think_close: bool = False, think: bool | None = None) -> list[Generation]:
+    def _run(
+        self,
+        requests: list[Request],
+        settings: GenerationSettings,
+        *,
+        streamer: BaseStreamer | None = None,
+        stop_at_think_close: bool = False,
+        think: bool | None = None,
+    ) -> list[Generation]:
         lm = self.loaded
         think = settings.think if think is None else think
         started = time.perf_counter()
@@ -195,15 +222,31 @@ class LocalBackend(Backend):
         new = out[:, prompt_len:]
         steps.finish(new[:, -1].tolist() if new.shape[1] else [])
         first = steps.first_step_at or ended
-        timing = {"preprocess_s": preprocess_s, "ttft_s": first - started, "decode_s": ended - first,
-                  "generate_s": ended - started, "batch_size": len(requests)}
+        timing = {
+            "preprocess_s": preprocess_s,
+            "ttft_s": first - started,
+            "decode_s": ended - first,
+            "generate_s": ended - started,
+            "batch_size": len(requests),
+        }
         return [
-            self._decode(row, requests[i], steps, i, int(inputs["attention_mask"][i].sum()), set(eos_ids), think, timing)
+            self._decode(
+                row, requests[i], steps, i, int(inputs["attention_mask"][i].sum()), set(eos_ids), think, timing
+            )
             for i, row in enumerate(new.tolist())
         ]
 
-    def _decode(self, row: list[int], req: Request, steps: StepProcessor, i: int, prompt_tokens: int,
-                eos_ids: set[int], think: bool, timing: dict[str, Any]) -> Generation:
+    def _decode(
+        self,
+        row: list[int],
+        req: Request,
+        steps: StepProcessor,
+        i: int,
+        prompt_tokens: int,
+        eos_ids: set[int],
+        think: bool,
+        timing: dict[str, Any],
+    ) -> Generation:
         tok = self.loaded.tokenizer
         stop = next((n for n, t in enumerate(row) if t in eos_ids), None)
         ids = row[:stop] if stop is not None else row
@@ -212,14 +255,29 @@ class LocalBackend(Backend):
         logprobs = steps.token_logprobs[i][: len(ids)] if req.settings.logprobs else None
         error = steps.errors[i]
         return Generation(
-            text=text.strip(), thinking=thinking, prompt_tokens=prompt_tokens,
+            text=text.strip(),
+            thinking=thinking,
+            prompt_tokens=prompt_tokens,
             output_tokens=len(ids) + (1 if stop is not None else 0),
             finish_reason="error" if error else ("stop" if stop is not None else "length"),
             error=f"grammar: {error}" if error else None,
             **timing,
-            token_logprobs=logprobs, tokens=[tok.decode([t]) for t in ids] if logprobs is not None else None,
+            token_logprobs=logprobs,
+            tokens=[tok.decode([t]) for t in ids] if logprobs is not None else None,
             tag=req.tag,
         )
+
+
+def _folder_digest(model: str) -> str | None:
+    """For a local folder: its config plus the size and mtime of every weight file."""
+    folder = Path(model).expanduser()
+    if not (folder / "config.json").is_file():
+        return None
+    parts = [(folder / "config.json").read_text()]
+    for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        stat = f.stat()
+        parts.append(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def _settings_key(request: Request) -> str:

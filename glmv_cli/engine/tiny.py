@@ -53,8 +53,19 @@ SPECIAL_TOKENS = [
     "<|end_of_box|>",
 ]
 # Tokens the model may emit as text (kept when decoding with skip_special_tokens=False).
-NON_SPECIAL = {"<think>", "</think>", "<|begin_of_box|>", "<|end_of_box|>", "/nothink",
-               "<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>"}
+NON_SPECIAL = {
+    "<think>",
+    "</think>",
+    "<|begin_of_box|>",
+    "<|end_of_box|>",
+    "/nothink",
+    "<tool_call>",
+    "</tool_call>",
+    "<arg_key>",
+    "</arg_key>",
+    "<arg_value>",
+    "</arg_value>",
+}
 
 # GLM-4.5V/4.6V-style template: [gMASK]<sop>, role tags, image placeholders, /nothink when
 # thinking is off, and an empty think block opening the answer.
@@ -84,14 +95,91 @@ CHAT_TEMPLATE = (
 )
 
 # Local training text for the byte-level BPE: document words, JSON punctuation, digits.
-_WORDS = (
-    "invoice receipt total subtotal tax vat amount due date number vendor customer address "
-    "currency EUR USD GBP quantity unit price description item line items payment method cash card "
-    "merchant store tip change balance screenshot button link input error login password email "
-    "the a of and to in is for on with what who when where how much page document title summary "
-    "key value language english french german spanish null true false name phone street city "
-    "Rechnung Facture Factura Betrag Montant Importe Datum fecha"
-).split()
+_WORDS = [
+    "invoice",
+    "receipt",
+    "total",
+    "subtotal",
+    "tax",
+    "vat",
+    "amount",
+    "due",
+    "date",
+    "number",
+    "vendor",
+    "customer",
+    "address",
+    "currency",
+    "EUR",
+    "USD",
+    "GBP",
+    "quantity",
+    "unit",
+    "price",
+    "description",
+    "item",
+    "line",
+    "items",
+    "payment",
+    "method",
+    "cash",
+    "card",
+    "merchant",
+    "store",
+    "tip",
+    "change",
+    "balance",
+    "screenshot",
+    "button",
+    "link",
+    "input",
+    "error",
+    "login",
+    "password",
+    "email",
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "for",
+    "on",
+    "with",
+    "what",
+    "who",
+    "when",
+    "where",
+    "how",
+    "much",
+    "page",
+    "document",
+    "title",
+    "summary",
+    "key",
+    "value",
+    "language",
+    "english",
+    "french",
+    "german",
+    "spanish",
+    "null",
+    "true",
+    "false",
+    "name",
+    "phone",
+    "street",
+    "city",
+    "Rechnung",
+    "Facture",
+    "Factura",
+    "Betrag",
+    "Montant",
+    "Importe",
+    "Datum",
+    "fecha",
+]
 _PUNCT = ['{"', '": ', '", "', '"}', "[", "]", ", ", ": ", "null", "-", ".", "/", "\n", "  "]
 
 
@@ -145,7 +233,7 @@ def _build_tokenizer(out: Path) -> int:
 def build_tiny(out: str | Path) -> Path:
     """Write the tiny checkpoint to `out` (overwriting) and return the folder."""
     import torch
-    from transformers import AutoTokenizer, Glm4vConfig, Glm4vForConditionalGeneration, GenerationConfig
+    from transformers import AutoTokenizer, GenerationConfig, Glm4vConfig, Glm4vForConditionalGeneration
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

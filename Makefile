@@ -1,0 +1,41 @@
+# glmv developer tasks. `make install` then `make test` is all a newcomer needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TINY := build/tiny-glm4v
+
+.PHONY: install test test-gpu lint format tiny demo bench clean
+
+install:  ## create .venv and install glmv (editable) with the dev tools, CPU torch pinned
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
+
+test:  ## the hermetic test suite (builds the tiny checkpoint once per session)
+	$(BIN)/python -m pytest -q
+
+test-gpu:  ## tests that need a CUDA GPU (bitsandbytes 4-bit, torchvision processor)
+	$(BIN)/python -m pytest -q -m gpu
+
+lint:
+	$(BIN)/ruff check glmv_cli tests schemas samples bench
+	$(BIN)/ruff format --check glmv_cli tests schemas samples bench
+
+format:
+	$(BIN)/ruff format glmv_cli tests schemas samples bench
+	$(BIN)/ruff check --fix glmv_cli tests schemas samples bench
+
+tiny: $(TINY)/config.json  ## build the tiny random-weight GLM-4.6V-architecture checkpoint
+
+$(TINY)/config.json: glmv_cli/engine/tiny.py
+	$(BIN)/python -m glmv_cli.engine.tiny $(TINY)
+
+demo: tiny  ## extract the samples with the tiny checkpoint (values are random: it shows the plumbing)
+	GLMV_MODEL=$(TINY) $(BIN)/glmv extract samples/ --schema invoice --format csv --no-cache
+
+bench: tiny  ## throughput benchmark against a plain transformers loop and outlines
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[bench]"
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

@@ -1,0 +1,160 @@
+"""The local backend on the tiny checkpoint: the real loading and generation path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from glmv_cli.engine.base import GenerationSettings, Request
+from glmv_cli.engine.loader import looks_like_path
+from glmv_cli.engine.local import LocalBackend
+from glmv_cli.engine.text import AnswerFilter, split_thinking
+from glmv_cli.errors import ModelLoadError, UsageError
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "vendor": {"anyOf": [{"type": "string", "maxLength": 30}, {"type": "null"}]},
+        "total": {"anyOf": [{"type": "number", "minimum": -1e6, "maximum": 1e6}, {"type": "null"}]},
+        "items": {"type": "array", "maxItems": 3, "items": {"type": "string", "maxLength": 10}},
+    },
+    "required": ["vendor", "total", "items"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model):
+    return LocalBackend(str(tiny_model))
+
+
+def images():
+    return [Image.new("RGB", (640, 480), "white"), Image.new("RGB", (300, 900), (200, 180, 160))]
+
+
+def test_loads_real_architecture_offline(backend):
+    lm = backend.loaded
+    assert type(lm.model).__name__ == "Glm4vForConditionalGeneration"
+    assert lm.model.config.model_type == "glm4v"
+    assert lm.device == "cpu" and lm.quant == "none"
+    assert len(lm.eos_ids) == 3  # endoftext, <|user|>, <|observation|>
+    assert lm.vocab_size > len(lm.tokenizer)  # padded vocabulary, as in the real model
+
+
+def test_thinking_off_reaches_the_prompt(backend):
+    prompt = backend._prompts([Request(images=images()[:1], prompt="Total?")], think=False)[0]
+    assert prompt.startswith("[gMASK]<sop>")
+    assert "<|begin_of_image|><|image|><|end_of_image|>" in prompt
+    assert "/nothink" in prompt and prompt.endswith("<think></think>\n")
+    thinking = backend._prompts([Request(images=images()[:1], prompt="Total?")], think=True)[0]
+    assert "/nothink" not in thinking and not thinking.endswith("</think>\n")
+
+
+def test_constrained_batch_matches_single_rows(backend):
+    settings = GenerationSettings(max_new_tokens=200)
+    reqs = [Request(images=[img], prompt="Extract", json_schema=SCHEMA, settings=settings) for img in images()]
+    batched = backend.generate(reqs)
+    for req, gen in zip(reqs, batched, strict=True):
+        assert gen.finish_reason == "stop", gen
+        assert set(json.loads(gen.text)) == {"vendor", "total", "items"}
+        assert backend.generate([req])[0].text == gen.text
+    assert batched[0].batch_size == 2 and batched[0].prompt_tokens > 0 and batched[0].ttft_s is not None
+
+
+def test_logprobs_are_raw_not_masked(backend):
+    gen = backend.generate(
+        [
+            Request(
+                images=images()[:1],
+                prompt="x",
+                json_schema=SCHEMA,
+                settings=GenerationSettings(max_new_tokens=200, logprobs=True),
+            )
+        ]
+    )[0]
+    assert gen.token_logprobs and len(gen.token_logprobs) == len(gen.tokens)
+    # Forced tokens (the opening brace, keys) would read ~0 if masked scores leaked through.
+    assert all(lp < -0.5 for lp in gen.token_logprobs[:3])
+    assert "".join(gen.tokens) == gen.text
+
+
+def test_streaming_yields_several_chunks(backend):
+    pieces: list[str] = []
+    gen = backend.stream(
+        Request(images=images()[:1], prompt="Describe", settings=GenerationSettings(max_new_tokens=12)), pieces.append
+    )
+    assert len(pieces) > 1
+    assert "".join(pieces).strip() == gen.text
+
+
+def test_thinking_then_constrained_json(backend):
+    settings = GenerationSettings(max_new_tokens=200, think=True, think_budget=8)
+    gen = backend.generate([Request(images=images()[:1], prompt="x", json_schema=SCHEMA, settings=settings)])[0]
+    assert gen.thinking is not None
+    json.loads(gen.text)
+
+
+def test_cpu_int8_quantisation(tiny_model):
+    backend = LocalBackend(str(tiny_model), quant="8bit")
+    assert backend.loaded.quant == "8bit"
+    gen = backend.generate(
+        [Request(images=images()[:1], prompt="x", json_schema=SCHEMA, settings=GenerationSettings(max_new_tokens=200))]
+    )[0]
+    json.loads(gen.text)
+
+
+def test_4bit_on_cpu_is_a_clear_error(tiny_model):
+    with pytest.raises(UsageError, match="needs a CUDA GPU"):
+        _ = LocalBackend(str(tiny_model), quant="4bit", device="cpu").loaded
+
+
+def test_missing_model_errors(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        _ = LocalBackend("/nonexistent/model").loaded
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        _ = LocalBackend(str(tmp_path / "empty")).loaded
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache") as info:
+        _ = LocalBackend("nobody-here/no-such-model").loaded  # HF_HUB_OFFLINE=1: no network
+    assert "hf download nobody-here/no-such-model" in info.value.hint
+
+
+def test_model_spec_forms():
+    assert not looks_like_path("zai-org/GLM-4.6V-Flash")
+    assert looks_like_path("./model") and looks_like_path("/models/glm") and looks_like_path("a/b/c")
+
+
+def test_answer_filter_strips_markers_across_pieces():
+    f = AnswerFilter(thinking=True)
+    pieces = ["I think", " hard</th", "ink>The <|begin_", "of_box|>42<|end_of_box|> EUR", " <b>"]
+    out = "".join(f.feed(p) for p in pieces) + f.flush()
+    assert out == "The 42 EUR <b>"
+    assert split_thinking("<think>hmm</think><|begin_of_box|>7<|end_of_box|>") == ("hmm", "7")
+
+
+@pytest.mark.gpu
+def test_cuda_4bit_keeps_vision_unquantised(tiny_model):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    pytest.importorskip("bitsandbytes")
+    backend = LocalBackend(str(tiny_model), quant="4bit")
+    lm = backend.loaded
+    assert lm.device == "cuda" and lm.quant == "4bit"
+    visual = [type(m).__name__ for m in lm.model.model.visual.modules()]
+    assert not any("4bit" in name for name in visual)
+    text = [type(m).__name__ for m in lm.model.model.language_model.modules()]
+    assert any("4bit" in name for name in text)
+    gen = backend.generate(
+        [Request(images=images()[:1], prompt="x", json_schema=SCHEMA, settings=GenerationSettings(max_new_tokens=200))]
+    )[0]
+    json.loads(gen.text)
+
+
+@pytest.mark.gpu
+def test_stock_processor_with_torchvision(tiny_model):
+    pytest.importorskip("torchvision")
+    backend = LocalBackend(str(tiny_model))
+    assert backend.loaded.processor_kind == "stock"
