@@ -8,6 +8,7 @@ import typer
 
 from glmv_cli import __version__
 from glmv_cli.cli import ask as ask_cmd
+from glmv_cli.cli import extract as extract_cmd
 
 app = typer.Typer(
     name="glmv",
@@ -56,6 +57,7 @@ def _root(
     """glmv: documents in, validated structured data out."""
 
 
+app.command("extract")(extract_cmd.extract)
 app.command("ask")(ask_cmd.ask)
 
 

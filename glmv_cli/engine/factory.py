@@ -1,8 +1,13 @@
-"""Create a backend by name; each backend module is imported only when chosen."""
+"""Create a backend by name; the heavy backend module is imported only when a model is needed."""
 
 from __future__ import annotations
 
-from glmv_cli.engine.base import Backend
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from glmv_cli.engine.base import Backend, Generation, Request
 
 
 def create_backend(
@@ -14,7 +19,54 @@ def create_backend(
     revision: str | None = None,
     batch_size: int | None = None,
 ) -> Backend:
-    """The local transformers backend (loads lazily, on first use)."""
-    from glmv_cli.engine.local import LocalBackend
+    """The local transformers backend, behind a proxy that imports torch on first use."""
+    return LazyLocalBackend(model, device=device, dtype=dtype, quant=quant, revision=revision, batch_size=batch_size)
 
-    return LocalBackend(model, device=device, dtype=dtype, quant=quant, revision=revision, batch_size=batch_size)
+
+class LazyLocalBackend(Backend):
+    """Knows its identity (for cache keys) without torch; loads the real backend when asked to generate."""
+
+    def __init__(self, model: str, **options: Any):
+        self.model_id = model
+        self._options = options
+        self._real: Backend | None = None
+
+    @property
+    def real(self) -> Backend:
+        if self._real is None:
+            from glmv_cli.engine.local import LocalBackend
+
+            self._real = LocalBackend(self.model_id, **self._options)
+        return self._real
+
+    @property
+    def load_s(self) -> float:  # type: ignore[override]
+        return self._real.load_s if self._real is not None else 0.0
+
+    def identity(self) -> dict[str, Any]:
+        opts = {k: v for k, v in self._options.items() if k != "batch_size"}
+        return {"backend": "transformers", "model": self.model_id, "weights": folder_digest(self.model_id), **opts}
+
+    def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        return self.real.generate(requests)
+
+    def stream(self, request: Request, on_text: Callable[[str], None]) -> Generation:
+        return self.real.stream(request, on_text)
+
+    def default_batch_size(self) -> int:
+        return self.real.default_batch_size()
+
+    def grammar_setup_s(self) -> float:
+        return getattr(self.real, "grammar_setup_s", lambda: 0.0)() if self._real is not None else 0.0
+
+
+def folder_digest(model: str) -> str | None:
+    """For a local folder: its config plus the size and mtime of every weight file."""
+    folder = Path(model).expanduser()
+    if not (folder / "config.json").is_file():
+        return None
+    parts = [(folder / "config.json").read_text()]
+    for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        stat = f.stat()
+        parts.append(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

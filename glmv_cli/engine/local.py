@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
 from itertools import groupby
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,10 +13,10 @@ from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
 from glmv_cli.engine.base import DEFAULT_MODEL, Backend, Generation, GenerationSettings, Request
+from glmv_cli.engine.factory import folder_digest
 from glmv_cli.engine.grammar import GrammarCompiler, StepProcessor
 from glmv_cli.engine.loader import LoadedModel, load_model
 from glmv_cli.engine.text import THINK_CLOSE, AnswerFilter, split_thinking
-
 
 _MODELS: dict[tuple, LoadedModel] = {}
 _MODELS_LOCK = threading.Lock()
@@ -97,9 +95,14 @@ class LocalBackend(Backend):
         return {
             "backend": "transformers",
             "model": self.model_id,
-            "weights": _folder_digest(self.model_id),
+            "weights": folder_digest(self.model_id),
             **self._options,
         }
+
+    def grammar_setup_s(self) -> float:
+        """Seconds spent building the grammar tokenizer and compiling schemas."""
+        grammar = self.loaded.grammar
+        return grammar.setup_s if grammar is not None else 0.0
 
     def default_batch_size(self) -> int:
         if self._batch_size:
@@ -266,18 +269,6 @@ class LocalBackend(Backend):
             tokens=[tok.decode([t]) for t in ids] if logprobs is not None else None,
             tag=req.tag,
         )
-
-
-def _folder_digest(model: str) -> str | None:
-    """For a local folder: its config plus the size and mtime of every weight file."""
-    folder = Path(model).expanduser()
-    if not (folder / "config.json").is_file():
-        return None
-    parts = [(folder / "config.json").read_text()]
-    for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-        stat = f.stat()
-        parts.append(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def _settings_key(request: Request) -> str:

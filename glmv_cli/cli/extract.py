@@ -1,0 +1,170 @@
+"""`glmv extract PATH... --schema NAME`: one validated record per document."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from glmv_cli.cli.common import (
+    DEFAULT,
+    DeviceOpt,
+    DpiOpt,
+    DtypeOpt,
+    ModelOpt,
+    PasswordOpt,
+    QuantOpt,
+    RevisionOpt,
+    ThinkOpt,
+    handle_errors,
+)
+from glmv_cli.errors import ExitStatus, OutputError, UsageError
+
+TEXT_HINTS = ("auto", "on", "off")
+
+
+@handle_errors
+def extract(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders (walked recursively).", show_default=False)],
+    schema: Annotated[
+        str,
+        typer.Option(
+            "--schema",
+            "-s",
+            help=(
+                "Built-in or ./schemas/ NAME, file.py[:Model], file.json (JSON Schema), "
+                "or inline 'vendor, total float'."
+            ),
+        ),
+    ] = "document",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here (format from the extension).")
+    ] = None,
+    fmt: Annotated[str | None, typer.Option("--format", "-f", help="jsonl (default), json or csv.")] = None,
+    out_dir: Annotated[Path | None, typer.Option(help="One JSON file per input, mirroring the input tree.")] = None,
+    explode: Annotated[str | None, typer.Option(help="CSV: one row per item of this list field.")] = None,
+    glob: Annotated[list[str] | None, typer.Option(help="Only files matching this pattern (repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Skip files matching this pattern (repeatable).")] = None,
+    pages: Annotated[str | None, typer.Option(help="PDF pages, e.g. 1-3,5 (default: all up to --max-pages).")] = None,
+    max_pages: Annotated[int, typer.Option(min=1, help="Most pages per document.")] = 8,
+    dpi: DpiOpt = 150,
+    password: PasswordOpt = None,
+    text_hint: Annotated[str, typer.Option(help="Give the model a PDF's text layer: auto, on, off.")] = "auto",
+    per_page: Annotated[bool, typer.Option(help="One record per page instead of per document.")] = False,
+    think: ThinkOpt = False,
+    think_budget: Annotated[int | None, typer.Option(min=1, help="Most thinking tokens with --think.")] = None,
+    max_tokens: Annotated[int, typer.Option(min=16, help="Most tokens per answer.")] = 2048,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Documents per model call (default: by memory).")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Background threads reading and rendering inputs.")] = 2,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse results of unchanged documents.")] = True,
+    refresh: Annotated[bool, typer.Option(help="Recompute every document and update the cache.")] = False,
+    repair: Annotated[bool, typer.Option("--repair/--no-repair", help="Retry once when validation fails.")] = True,
+    stats_json: Annotated[Path | None, typer.Option(help="Write the run statistics as JSON here.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="One line per document on stderr.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only data and errors.")] = False,
+    model: ModelOpt = DEFAULT,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    quant: QuantOpt = "auto",
+    revision: RevisionOpt = None,
+) -> None:
+    """Extract one validated record per document into JSONL (stdout), JSON or CSV.
+
+    Exit codes: 0 all documents ok; 3 some failed (the rest are written); 2 usage error;
+    1 fatal (model cannot load, output not writable).
+    """
+    from glmv_cli.cache import ResultCache
+    from glmv_cli.cli.render import ProgressView, print_stats, stderr_console
+    from glmv_cli.engine.base import GenerationSettings
+    from glmv_cli.engine.factory import create_backend
+    from glmv_cli.extraction.pipeline import ExtractOptions, Extractor
+    from glmv_cli.extraction.schemas import resolve_schema
+    from glmv_cli.inputs import discover, parse_page_spec
+    from glmv_cli.outputs import DirWriter, RunStats, open_writer
+
+    if text_hint not in TEXT_HINTS:
+        raise UsageError(f"unknown --text-hint {text_hint!r}", "choose auto, on or off")
+    if output and out_dir:
+        raise UsageError("give -o FILE or --out-dir DIR, not both")
+    resolved = resolve_schema(schema)
+    page_list = parse_page_spec(pages)
+    skip = {p for p in (output, stats_json) if p is not None}
+    files = discover(paths, glob=glob, exclude=exclude, skip=skip)
+    if out_dir is not None:
+        files = [f for f in files if not _inside(f, out_dir)]  # never read our own output back
+    console = stderr_console()
+    if not files:
+        raise UsageError("no images or PDFs found in " + ", ".join(str(p) for p in paths))
+
+    writer = None
+    dir_writer = DirWriter(out_dir) if out_dir else None
+    if dir_writer is None:
+        writer = open_writer(fmt, output, sys.stdout, columns_schema=resolved.json_schema(), explode=explode)
+    backend = create_backend(model, device=device, dtype=dtype, quant=quant, revision=revision, batch_size=batch_size)
+    settings = GenerationSettings(max_new_tokens=max_tokens, think=think, think_budget=think_budget)
+    options = ExtractOptions(
+        pages=page_list,
+        max_pages=max_pages,
+        dpi=dpi,
+        password=password,
+        text_hint=text_hint,
+        per_page=per_page,
+        settings=settings,
+        batch_size=batch_size,
+        repair=repair,
+        use_cache=cache,
+        refresh=refresh,
+        workers=workers,
+    )
+    extractor = Extractor(backend, resolved, options, cache=ResultCache() if cache else None)
+    stats = RunStats()
+    stats.start()
+    roots = [p for p in paths if p.is_dir()]
+    try:
+        with ProgressView(console, total=len(files), verbose=verbose, quiet=quiet) as view:
+            for record in extractor.run(files):
+                if dir_writer is not None:
+                    dir_writer.write(record, _relative(Path(record.file), roots))
+                else:
+                    writer.write(record)
+                stats.add(record)
+                view.update(record)
+    except BaseException:
+        if writer is not None:
+            writer.abort()  # a crash or Ctrl-C never leaves a half-written output file
+        raise
+    if writer is not None:
+        writer.close()
+    stats.stop()
+    stats.model_load_s = backend.load_s or None
+    summary = stats.summary()
+    if not quiet:
+        print_stats(console, summary)
+    if stats_json is not None:
+        try:
+            stats_json.write_text(json.dumps(summary, indent=2) + "\n")
+        except OSError as exc:
+            raise OutputError(f"cannot write {stats_json}: {exc.strerror or exc}") from exc
+    if summary["docs_failed"]:
+        raise typer.Exit(int(ExitStatus.PARTIAL))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _relative(path: Path, roots: list[Path]) -> Path:
+    """The input's path below the folder argument it came from (its name for loose files)."""
+    for root in roots:
+        if _inside(path, root):
+            return path.resolve().relative_to(root.resolve())
+    return Path(path.name)

@@ -1,0 +1,450 @@
+"""Resolve a --schema value (built-in name, .py file, JSON Schema file or inline DSL) to a model."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+import glmv_cli
+from glmv_cli.errors import UsageError
+
+FORMS_HINT = (
+    "use a built-in name ({names}), ./schemas/NAME.py, file.py, file.py:Model, "
+    "schema.json, or inline fields like 'vendor, total float: grand total'"
+)
+INLINE_TYPES: dict[str, Any] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "date": datetime.date,
+    "datetime": datetime.datetime,
+}
+INLINE_STR_MAX = 200
+INLINE_NUMBER_BOUND = 10**12
+
+
+@dataclass(frozen=True)
+class ResolvedSchema:
+    """A Pydantic model plus where it came from."""
+
+    name: str  # "invoice", "file.py:Model", "inline", or a JSON file's stem
+    model: type[BaseModel]
+    source: str  # "builtin", "inline", or the file's path
+
+    def json_schema(self) -> dict[str, Any]:
+        """The model's JSON Schema."""
+        return self.model.model_json_schema()
+
+    def fingerprint(self) -> str:
+        """sha256 of the compact, key-sorted JSON Schema: changes whenever the answer could."""
+        text = json.dumps(self.json_schema(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def fields(self) -> list[tuple[str, str, str]]:
+        """(dotted name, type text, description) for every field, nested ones after their parent."""
+        schema = self.json_schema()  # a recursive model's schema is a bare $ref into $defs
+        out: list[tuple[str, str, str]] = []
+        _walk_fields(schema, _resolve_ref(schema, schema), "", out, _direct_refs(schema))
+        return out
+
+
+def builtin_dirs() -> list[Path]:
+    """Where built-in schemas live: packaged data first, then the source tree (editable installs)."""
+    package = Path(glmv_cli.__file__).parent
+    return [package / "_builtin_schemas", package.parent / "schemas"]
+
+
+def builtin_names() -> list[str]:
+    """Names of the built-in schemas, sorted."""
+    return sorted({p.stem for d in builtin_dirs() for p in _schema_files(d)})
+
+
+def resolve_schema(spec: str, cwd: Path | None = None) -> ResolvedSchema:
+    """Turn a --schema value into a ResolvedSchema; every failure is a UsageError."""
+    cwd = cwd or Path.cwd()
+    spec = spec.strip()
+    file_part, _, attr = spec.rpartition(":")
+    if file_part.endswith(".py") and attr.isidentifier():
+        path = _existing(cwd, file_part)
+        return ResolvedSchema(f"{path.name}:{attr}", _model_from_attr(path, attr), str(path))
+    if spec.endswith(".py"):
+        path = _existing(cwd, spec)
+        model = _model_from_file(path)
+        return ResolvedSchema(f"{path.name}:{model.__name__}", model, str(path))
+    if spec.endswith(".json"):
+        path = _existing(cwd, spec)
+        return ResolvedSchema(path.stem, model_from_json_schema(path), str(path))
+    if spec.isidentifier():
+        found = _find_named(spec, cwd)
+        if found:
+            return found
+    elif "," in spec or any(c.isspace() for c in spec):
+        return ResolvedSchema("inline", model_from_dsl(spec), "inline")
+    raise UsageError(f"Unknown schema {spec!r}", hint=FORMS_HINT.format(names=", ".join(builtin_names())))
+
+
+def list_schemas(cwd: Path | None = None) -> list[ResolvedSchema]:
+    """The user's ./schemas/*.py, then the built-ins they do not shadow."""
+    cwd = cwd or Path.cwd()
+    seen: set[str] = set()
+    out: list[ResolvedSchema] = []
+    for directory in [cwd / "schemas", *builtin_dirs()]:
+        for path in _schema_files(directory):
+            if path.stem not in seen:
+                seen.add(path.stem)
+                out.append(_named(path))
+    return out
+
+
+# --- .py files ---------------------------------------------------------------------------
+
+
+def _schema_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob("*.py") if not p.name.startswith("_"))
+
+
+def _find_named(name: str, cwd: Path) -> ResolvedSchema | None:
+    for directory in [cwd / "schemas", *builtin_dirs()]:
+        path = directory / f"{name}.py"
+        if path.is_file():
+            return _named(path)
+    return None
+
+
+def _named(path: Path) -> ResolvedSchema:
+    builtin = any(path.parent.resolve() == d.resolve() for d in builtin_dirs() if d.is_dir())
+    return ResolvedSchema(path.stem, _model_from_file(path), "builtin" if builtin else str(path))
+
+
+def _existing(cwd: Path, text: str) -> Path:
+    path = Path(text).expanduser()
+    path = path if path.is_absolute() else cwd / path
+    if not path.is_file():
+        raise UsageError(f"Schema file not found: {text}")
+    return path
+
+
+_loaded: dict[str, Any] = {}  # module name -> module, so one file's content loads once
+
+
+def _load_module(path: Path) -> Any:
+    """Execute a schema file as its own module (registered first, so forward refs resolve)."""
+    try:
+        source = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"Cannot read schema file {path}: {exc.strerror or exc}") from exc
+    digest = hashlib.sha256(str(path.resolve()).encode() + b"\0" + source).hexdigest()[:16]
+    name = f"glmv_schema_{path.stem if path.stem.isidentifier() else 'file'}_{digest}"
+    if name in _loaded:
+        return _loaded[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"Cannot load schema file {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:  # exec the bytes hashed above; unlike exec_module this leaves no __pycache__ beside them
+        exec(compile(source, str(path), "exec"), module.__dict__)
+    except Exception as exc:
+        del sys.modules[name]
+        raise UsageError(
+            f"Cannot load schema file {path}: {_one_line(exc)}",
+            hint="run it with python to see the traceback",
+        ) from exc
+    for model in _defined_models(module):  # forward refs to models defined later in the file
+        model.model_rebuild(raise_errors=False)
+    _loaded[name] = module
+    return module
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError: {exc.msg} (line {exc.lineno})"
+    first = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {first[0]}" if first else type(exc).__name__
+
+
+def _is_model(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseModel) and value is not BaseModel
+
+
+def _defined_models(module: Any) -> list[type[BaseModel]]:
+    return [v for v in vars(module).values() if _is_model(v) and v.__module__ == module.__name__]
+
+
+def _model_from_attr(path: Path, attr: str) -> type[BaseModel]:
+    module = _load_module(path)
+    value = getattr(module, attr, None)
+    if not _is_model(value):
+        names = ", ".join(m.__name__ for m in _defined_models(module)) or "none"
+        raise UsageError(f"{path.name} has no Pydantic model named {attr!r}", hint=f"models in it: {names}")
+    return value
+
+
+def _model_from_file(path: Path) -> type[BaseModel]:
+    """SCHEMA if the file sets it, else the one model no other model in the file uses."""
+    module = _load_module(path)
+    if hasattr(module, "SCHEMA"):
+        if not _is_model(module.SCHEMA):
+            raise UsageError(f"SCHEMA in {path.name} is not a Pydantic model class")
+        return module.SCHEMA
+    models = _defined_models(module)
+    used = {u for m in models for f in m.model_fields.values() for u in _models_in(f.annotation)}
+    roots = [m for m in models if m not in used] or models
+    if len(roots) == 1:
+        return roots[0]
+    if not roots:
+        raise UsageError(f"{path.name} defines no Pydantic model")
+    names = ", ".join(m.__name__ for m in roots)
+    raise UsageError(
+        f"{path.name} defines several models ({names})",
+        hint=f"pick one with {path.name}:{roots[0].__name__} or set SCHEMA = {roots[0].__name__}",
+    )
+
+
+def _models_in(annotation: Any) -> set[type[BaseModel]]:
+    """Models named anywhere in a type annotation (list[Item] | None -> {Item})."""
+    found = {annotation} if _is_model(annotation) else set()
+    return found.union(*(_models_in(a) for a in get_args(annotation)))
+
+
+# --- inline DSL ----------------------------------------------------------------------------
+
+
+def model_from_dsl(spec: str) -> type[BaseModel]:
+    """Build a model from 'name [type][: description]' items, comma- or newline-separated.
+
+    With newlines in the spec, items are split on newlines only, so descriptions may hold commas.
+    """
+    multiline = "\n" in spec.strip()
+    items = spec.splitlines() if multiline else spec.split(",")
+    fields: dict[str, Any] = {}
+    for item in items:
+        head, _, description = (item.strip().rstrip(",") if multiline else item).partition(":")
+        words = head.split()
+        if not words:
+            continue
+        if len(words) > 2 or not words[0].isidentifier():
+            raise UsageError(
+                f"Cannot read inline schema field {item.strip()!r}",
+                hint="write 'name [type][: description]', e.g. 'total float: grand total'",
+            )
+        name, type_name = words[0], (words[1] if len(words) == 2 else "str")
+        if type_name not in INLINE_TYPES:
+            raise UsageError(
+                f"Unknown type {type_name!r} for inline field {name!r}",
+                hint=f"types: {', '.join(INLINE_TYPES)}",
+            )
+        if name in fields:
+            raise UsageError(f"Inline schema names field {name!r} twice")
+        fields[name] = _inline_field(type_name, description.strip() or None)
+    if not fields:
+        raise UsageError("The inline schema has no fields")
+    return create_model("Inline", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def _inline_field(type_name: str, description: str | None) -> tuple[Any, Any]:
+    bounds: dict[str, Any] = {}
+    if type_name == "str":
+        bounds = {"max_length": INLINE_STR_MAX}
+    elif type_name in ("int", "float"):
+        bounds = {"ge": -INLINE_NUMBER_BOUND, "le": INLINE_NUMBER_BOUND}
+    return INLINE_TYPES[type_name] | None, Field(None, description=description, **bounds)
+
+
+# --- JSON Schema files ---------------------------------------------------------------------
+
+_JSON_SCALARS: dict[str, Any] = {"string": str, "number": float, "integer": int, "boolean": bool}
+_CONSTRAINTS = {
+    "maxLength": "max_length",
+    "minLength": "min_length",
+    "pattern": "pattern",
+    "minimum": "ge",
+    "maximum": "le",
+    "exclusiveMinimum": "gt",
+    "exclusiveMaximum": "lt",
+    "maxItems": "max_length",
+    "minItems": "min_length",
+}
+
+
+def model_from_json_schema(path: Path) -> type[BaseModel]:
+    """Build a model from a JSON Schema file's object properties (nested objects become models)."""
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"Cannot read JSON Schema {path}: {exc}") from exc
+    if not isinstance(schema, dict) or "properties" not in schema:
+        raise UsageError(f"JSON Schema {path} has no top-level object 'properties'")
+    builder = _JsonSchemaModels(schema, path)
+    return builder.model(schema, _model_name(schema.get("title"), path.stem))
+
+
+def _model_name(title: Any, fallback: str) -> str:
+    text = "".join(w[:1].upper() + w[1:] for w in str(title or fallback).replace("-", " ").split())
+    return text if text.isidentifier() else "Schema"
+
+
+class _JsonSchemaModels:
+    """Translate JSON Schema nodes to Python types, resolving local $refs."""
+
+    def __init__(self, root: dict[str, Any], path: Path):
+        self.root, self.path = root, path
+
+    def fail(self, what: str) -> UsageError:
+        return UsageError(f"Unsupported JSON Schema in {self.path.name}: {what}")
+
+    def flatten(self, node: Any) -> tuple[dict[str, Any], bool]:
+        """(node with $refs resolved and one non-null type, whether null is allowed)."""
+        if not isinstance(node, dict):
+            raise self.fail(f"node {node!r}")
+        for _ in range(32):
+            ref = node.get("$ref")
+            if ref is None:
+                break
+            target: Any = self.root
+            for part in str(ref).removeprefix("#/").split("/"):
+                if not str(ref).startswith("#/") or not isinstance(target, dict):
+                    raise self.fail(f"$ref {ref!r}")
+                target = target.get(part)
+            if not isinstance(target, dict):
+                raise self.fail(f"$ref {ref!r} not found")
+            node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        for key in ("anyOf", "oneOf"):
+            if key in node:
+                outer = {k: v for k, v in node.items() if k not in ("anyOf", "oneOf")}
+                options = [self.flatten(o)[0] for o in node[key]]
+                rest = [o for o in options if o.get("type") != "null"]
+                if len(rest) != 1:
+                    raise self.fail(f"{key} with several non-null types")
+                inner, inner_null = self.flatten({**outer, **rest[0]})
+                return inner, inner_null or len(rest) < len(options)
+        kinds = node.get("type", "string")
+        kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+        rest = [k for k in kinds if k != "null"]
+        if not rest:
+            return {**node, "type": "null"}, True
+        if len(rest) != 1:
+            raise self.fail(f"type {node.get('type')!r}")
+        enum = node.get("enum")
+        nullable = "null" in kinds or (isinstance(enum, list) and None in enum)
+        return {**node, "type": rest[0]}, nullable
+
+    def model(self, node: dict[str, Any], name: str) -> type[BaseModel]:
+        required = set(node.get("required", []))
+        fields: dict[str, Any] = {}
+        for key, sub in node.get("properties", {}).items():
+            if not key.isidentifier() or key.startswith("_"):
+                raise self.fail(f"property name {key!r} is not a Python identifier")
+            flat, nullable = self.flatten(sub)
+            annotation = self.type_of(flat, f"{name}{_model_name(key, key)}")
+            default: Any = ...
+            if key not in required or nullable:
+                annotation, default = annotation | None, None
+            fields[key] = (annotation, Field(default, description=flat.get("description")))
+        extra = "forbid" if node.get("additionalProperties") is False else "ignore"
+        return create_model(name, __config__=ConfigDict(extra=extra), __doc__=node.get("description"), **fields)
+
+    def type_of(self, node: dict[str, Any], name: str) -> Any:
+        """The Python type, with its constraints, for a flattened node."""
+        kind = node["type"]
+        if "enum" in node or "const" in node:
+            values = tuple(v for v in node.get("enum", [node.get("const")]) if v is not None)
+            return Literal[values]  # type: ignore[valid-type]
+        if kind == "string" and node.get("format") in ("date", "date-time"):
+            base: Any = datetime.date if node["format"] == "date" else datetime.datetime
+        elif kind in _JSON_SCALARS:
+            base = _JSON_SCALARS[kind]
+        elif kind == "array":
+            items, item_null = self.flatten(node.get("items", {"type": "string"}))
+            item = self.type_of(items, name)
+            base = list[item | None] if item_null else list[item]  # type: ignore[valid-type]
+        elif kind == "object" and "properties" in node:
+            return self.model(node, _model_name(node.get("title"), name))
+        elif kind == "object":
+            base = dict[str, Any]
+        else:
+            raise self.fail(f"type {kind!r}")
+        constraints = {_CONSTRAINTS[k]: v for k, v in node.items() if k in _CONSTRAINTS}
+        return Annotated[base, Field(**constraints)] if constraints else base
+
+
+# --- fields() ------------------------------------------------------------------------------
+
+
+def _walk_fields(
+    root: dict[str, Any],
+    node: dict[str, Any],
+    prefix: str,
+    out: list[tuple[str, str, str]],
+    seen: frozenset[str] = frozenset(),
+) -> None:
+    for key, sub in node.get("properties", {}).items():
+        name = f"{prefix}{key}"
+        target = _non_null(root, sub)
+        out.append((name, _type_text(root, target), sub.get("description") or target.get("description") or ""))
+        if target.get("type") == "array":
+            target = _non_null(root, target.get("items", {}))
+        refs = _direct_refs(sub)
+        if "properties" in target and not refs & seen:  # a recursive model is listed once
+            _walk_fields(root, target, f"{name}.", out, seen | refs)
+
+
+def _direct_refs(node: Any) -> frozenset[str]:
+    """$refs a property points at directly, through anyOf/oneOf or its list items."""
+    if not isinstance(node, dict):
+        return frozenset()
+    refs = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
+    for child in [*node.get("anyOf", []), *node.get("oneOf", []), node.get("items")]:
+        refs |= _direct_refs(child)
+    return frozenset(refs)
+
+
+def _resolve_ref(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    for _ in range(32):  # a bounded loop: a $ref chain may point at itself
+        ref = node.get("$ref")
+        if not isinstance(ref, str) or not ref.startswith("#/"):
+            break
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def _non_null(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """The node with $refs resolved and a nullable anyOf reduced to its non-null branch."""
+    node = _resolve_ref(root, node)
+    for key in ("anyOf", "oneOf"):
+        options = [o for o in node.get(key, []) if o.get("type") != "null"]
+        if len(options) == 1:
+            return _resolve_ref(root, options[0])
+    return node
+
+
+def _type_text(root: dict[str, Any], node: dict[str, Any]) -> str:
+    if "enum" in node:
+        return "one of " + "|".join(str(v) for v in node["enum"] if v is not None)
+    kind = node.get("type")
+    if kind == "string":
+        return {"date": "date", "date-time": "datetime"}.get(node.get("format", ""), "str")
+    if kind == "array":
+        return f"list[{_type_text(root, _non_null(root, node.get('items', {})))}]"
+    if kind == "object" or "properties" in node:
+        return "object"
+    names = {"number": "float", "integer": "int", "boolean": "bool", "null": "null"}
+    if isinstance(kind, str):
+        return names.get(kind, kind)
+    if "anyOf" in node:
+        return " or ".join(_type_text(root, _non_null(root, o)) for o in node["anyOf"])
+    return "any"

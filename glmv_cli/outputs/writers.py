@@ -1,0 +1,435 @@
+"""Record writers: JSONL, JSON and CSV to a stream or an atomically replaced file, and --out-dir."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, TextIO
+
+from glmv_cli.errors import OutputError, UsageError
+from glmv_cli.records import Record
+
+FORMATS = ("jsonl", "json", "csv")
+RECORD_COLUMNS = ("file", "pages", "status", "error", "cached")
+
+
+def open_writer(
+    fmt: str | None,
+    path: Path | None,
+    stream: TextIO,
+    columns_schema: dict[str, Any] | None = None,
+    explode: str | None = None,
+    append: bool = False,
+) -> Writer:
+    """A writer for `fmt` (or the path's extension, else jsonl) to `path`, or to `stream` if None.
+
+    With a path the file appears only on a successful close (temp file + os.replace), except
+    JSONL with append=True, which appends line by line to the file (created if missing).
+    """
+    if fmt is None:
+        suffix = path.suffix.lower().lstrip(".") if path else ""
+        fmt = suffix if suffix in FORMATS else "jsonl"
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise UsageError(f"Unknown output format {fmt!r}", hint=f"choose {', '.join(FORMATS)}")
+    if append and fmt != "jsonl":
+        raise UsageError(f"Cannot append to a {fmt.upper()} file", hint="resume needs JSONL output")
+    if explode and fmt != "csv":
+        raise UsageError("--explode works only with CSV output")
+    sink = _open_sink(path, stream, append)
+    if fmt != "csv":
+        return JsonlWriter(sink) if fmt == "jsonl" else JsonWriter(sink)
+    try:
+        return CsvWriter(sink, columns_schema, explode)
+    except BaseException:  # a bad --explode must not leave a temp file behind
+        sink.discard()
+        raise
+
+
+class _Sink:
+    """Text destination: a caller's stream, a temp file renamed over `path`, or an appended file."""
+
+    def __init__(self, stream: TextIO, path: Path | None = None, temp: Path | None = None):
+        self.stream, self.path, self.temp = stream, path, temp
+        self.done = False
+
+    def write(self, text: str, flush: bool = False) -> None:
+        try:
+            self.stream.write(text)
+            if flush:
+                self.stream.flush()
+        except OSError as exc:
+            if self.path is None:
+                raise  # the caller's stream (stdout): a closed pipe is the CLI's business
+            raise OutputError(f"Cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    def commit(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.path is None:
+            self.stream.flush()
+            return
+        try:
+            self.stream.close()
+            if self.temp is not None:
+                os.replace(self.temp, self.path)
+        except OSError as exc:
+            self.discard()
+            raise OutputError(f"Cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    def discard(self) -> None:
+        self.done = True
+        if self.path is None:
+            return
+        with contextlib.suppress(OSError):
+            self.stream.close()
+        if self.temp is not None:
+            self.temp.unlink(missing_ok=True)
+
+
+def _open_sink(path: Path | None, stream: TextIO, append: bool) -> _Sink:
+    if path is None:
+        return _Sink(stream)
+    if path.is_dir():
+        raise OutputError(f"Cannot write {path}: it is a folder")
+    try:
+        if not append:
+            return _temp_sink(path)
+        needs_newline = _ends_without_newline(path)
+        handle = path.open("a", encoding="utf-8", newline="")
+        if needs_newline:  # a line cut short by a crash must not swallow the next record
+            handle.write("\n")
+        return _Sink(handle, path)
+    except OSError as exc:
+        raise OutputError(f"Cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _temp_sink(path: Path) -> _Sink:
+    """A temp file beside `path` (same filesystem, so os.replace is atomic)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _copy_mode(Path(name), path)
+    return _Sink(os.fdopen(fd, "w", encoding="utf-8", newline=""), path, Path(name))
+
+
+def _ends_without_newline(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() == 0:
+                return False
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
+
+
+def _copy_mode(temp: Path, path: Path) -> None:
+    """Give the temp file the old file's mode, or the usual umask mode (mkstemp makes 0600)."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    with contextlib.suppress(OSError):  # best effort: some filesystems refuse chmod
+        temp.chmod(mode)
+
+
+class Writer:
+    """Base writer: a context manager that closes on success and aborts on any exception."""
+
+    def __init__(self, sink: _Sink):
+        self.sink = sink
+
+    def write(self, record: Record) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Finish the output; with a path, put the file in place."""
+        if self.sink.done:
+            return
+        try:
+            self.finish()
+        except BaseException:
+            self.abort()
+            raise
+        self.sink.commit()
+
+    def finish(self) -> None:
+        """Write whatever waits for the end (JSON array, buffered CSV rows)."""
+
+    def abort(self) -> None:
+        """Drop the output; with a path, delete the temp file and leave any old file as it was."""
+        self.sink.discard()
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class JsonlWriter(Writer):
+    """One compact JSON object per line, flushed per line so pipes and resume see it at once."""
+
+    def write(self, record: Record) -> None:
+        line = json.dumps(record.to_json_dict(), ensure_ascii=False, separators=(",", ":"))
+        self.sink.write(line + "\n", flush=True)
+
+
+class JsonWriter(Writer):
+    """One JSON array of all records, written at close."""
+
+    def __init__(self, sink: _Sink):
+        super().__init__(sink)
+        self.records: list[dict[str, Any]] = []
+
+    def write(self, record: Record) -> None:
+        self.records.append(record.to_json_dict())
+
+    def finish(self) -> None:
+        self.sink.write(json.dumps(self.records, ensure_ascii=False, indent=2) + "\n")
+
+
+class CsvWriter(Writer):
+    """One row per record (or per item of the `explode` list): record columns, then data columns.
+
+    Data columns follow the schema's property order, nested objects flattened to dotted names.
+    Lists that are not exploded, of objects or of scalars, are JSON-encoded in one cell, so
+    nothing is lost and the cell parses back with json.loads. None is an empty cell, booleans
+    are true/false. Without a schema the columns are the union of the data keys, written at close.
+    """
+
+    def __init__(self, sink: _Sink, schema: dict[str, Any] | None, explode: str | None = None):
+        super().__init__(sink)
+        self.explode = explode
+        self.buffer: list[dict[str, str]] | None = None
+        if schema is None:
+            if explode:
+                raise UsageError("--explode needs a schema to know the item columns")
+            self.buffer = []
+            self.columns: list[str] = list(RECORD_COLUMNS)
+            return
+        doc_columns = _flat_columns(schema, schema, seen=_direct_refs(schema))
+        self.item_columns: list[str] = []
+        if explode:
+            if explode not in doc_columns:
+                lists = [c for c in doc_columns if _is_array(schema, _property(schema, c))]
+                raise UsageError(
+                    f"Cannot explode {explode!r}: no such list field",
+                    hint=f"list fields: {', '.join(lists) or 'none'}",
+                )
+            node = _property(schema, explode)
+            if not _is_array(schema, node):
+                raise UsageError(f"Cannot explode {explode!r}: it is not a list")
+            item = _non_null(schema, _non_null(schema, node).get("items", {}))
+            sub = _flat_columns(schema, item, f"{explode}.") if "properties" in item else []
+            self.item_columns = sub or [explode]
+            i = doc_columns.index(explode)
+            doc_columns[i : i + 1] = self.item_columns
+        self.columns = list(RECORD_COLUMNS) + [_data_column(c) for c in doc_columns]
+        self.data_columns = doc_columns
+        self._write_line(self.columns)
+
+    def _write_line(self, values: list[str]) -> None:
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerow(values)
+        self.sink.write(text.getvalue(), flush=True)
+
+    def write(self, record: Record) -> None:
+        base = {
+            "file": record.file,
+            "pages": format_pages(record.pages),
+            "status": record.status,
+            "error": record.error or "",
+            "cached": _cell(record.cached),
+        }
+        data = record.data or {}
+        if self.buffer is not None:
+            flat = _flatten_data(data)
+            for key in flat:
+                if _data_column(key) not in self.columns:
+                    self.columns.append(_data_column(key))
+            self.buffer.append(base | {_data_column(k): v for k, v in flat.items()})
+            return
+        doc = {c: _cell(_lookup(data, c)) for c in self.data_columns if c not in self.item_columns}
+        rows = [{}]
+        if self.explode:
+            items = _lookup(data, self.explode) or []
+            rows = [self._item_row(item) for item in items] or [{}]
+        for item_row in rows:
+            row = base | {_data_column(k): v for k, v in (doc | item_row).items()}
+            self._write_line([row.get(c, "") for c in self.columns])
+
+    def _item_row(self, item: Any) -> dict[str, str]:
+        if self.item_columns == [self.explode]:
+            return {self.explode: _cell(item)}
+        prefix = f"{self.explode}."
+        item = item if isinstance(item, dict) else {}
+        return {c: _cell(_lookup(item, c[len(prefix) :])) for c in self.item_columns}
+
+    def finish(self) -> None:
+        if self.buffer is not None:
+            self._write_line(self.columns)
+            for row in self.buffer:
+                self._write_line([row.get(c, "") for c in self.columns])
+
+
+class DirWriter:
+    """--out-dir: one `<input name>.json` record per document, mirroring the input tree."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"Cannot create {out_dir}: {exc.strerror or exc}") from exc
+
+    def target(self, rel_path: Path) -> Path:
+        """Where the record for the input at `rel_path` (relative to its root) goes."""
+        if rel_path.is_absolute() or ".." in rel_path.parts:
+            raise ValueError(f"rel_path must stay inside the output folder: {rel_path}")
+        return self.out_dir / rel_path.with_name(rel_path.name + ".json")
+
+    def write(self, record: Record, rel_path: Path) -> Path:
+        """Write one record atomically; returns the file written."""
+        target = self.target(rel_path)
+        text = json.dumps(record.to_json_dict(), ensure_ascii=False, indent=2) + "\n"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            sink = _temp_sink(target)
+        except OSError as exc:
+            raise OutputError(f"Cannot write {target}: {exc.strerror or exc}") from exc
+        try:
+            sink.write(text)
+        except BaseException:
+            sink.discard()
+            raise
+        sink.commit()
+        return target
+
+    def close(self) -> None:
+        """Nothing to finish: every file is complete once written."""
+
+    def abort(self) -> None:
+        """Files already written stay; they are complete records."""
+
+    def __enter__(self) -> DirWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def format_pages(pages: list[int]) -> str:
+    """[1, 2, 3, 5] -> '1-3;5'; runs of consecutive pages become ranges."""
+    runs: list[list[int]] = []
+    for page in pages:
+        if runs and page == runs[-1][-1] + 1:
+            runs[-1].append(page)
+        else:
+            runs.append([page])
+    return ";".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return str(value)
+
+
+def _data_column(name: str) -> str:
+    """A data field called like a record column gets a 'data.' prefix so no header repeats."""
+    return f"data.{name}" if name in RECORD_COLUMNS else name
+
+
+def _lookup(data: dict[str, Any], dotted: str) -> Any:
+    value: Any = data
+    for part in dotted.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _flatten_data(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten_data(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = _cell(value)
+    return out
+
+
+def _resolve_ref(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    for _ in range(32):
+        ref = node.get("$ref")
+        if not isinstance(ref, str) or not ref.startswith("#/"):
+            break
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def _non_null(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    node = _resolve_ref(root, node)
+    for key in ("anyOf", "oneOf"):
+        options = [o for o in node.get(key, []) if o.get("type") != "null"]
+        if len(options) == 1:
+            return _resolve_ref(root, options[0])
+    return node
+
+
+def _is_array(root: dict[str, Any], node: dict[str, Any] | None) -> bool:
+    if node is None:
+        return False
+    kind = _non_null(root, node).get("type")
+    return kind == "array" or (isinstance(kind, list) and "array" in kind)
+
+
+def _property(root: dict[str, Any], dotted: str) -> dict[str, Any] | None:
+    node: dict[str, Any] | None = root
+    for part in dotted.split("."):
+        node = _non_null(root, node or {}).get("properties", {}).get(part)
+    return node
+
+
+def _flat_columns(
+    root: dict[str, Any], node: dict[str, Any], prefix: str = "", seen: frozenset[str] = frozenset()
+) -> list[str]:
+    """Dotted leaf names in schema order; objects with properties are expanded, lists are leaves."""
+    columns: list[str] = []
+    for key, sub in _non_null(root, node).get("properties", {}).items():
+        target = _non_null(root, sub)
+        refs = _direct_refs(sub)
+        if "properties" in target and target.get("type", "object") == "object" and not refs & seen:
+            columns += _flat_columns(root, target, f"{prefix}{key}.", seen | refs)
+        else:  # scalars, lists, and a recursive model's second appearance: one cell each
+            columns.append(f"{prefix}{key}")
+    return columns
+
+
+def _direct_refs(node: Any) -> frozenset[str]:
+    """$refs a property points at directly or through anyOf/oneOf."""
+    if not isinstance(node, dict):
+        return frozenset()
+    refs = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
+    for child in [*node.get("anyOf", []), *node.get("oneOf", [])]:
+        refs |= _direct_refs(child)
+    return frozenset(refs)
