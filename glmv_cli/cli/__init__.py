@@ -8,7 +8,9 @@ import typer
 
 from glmv_cli import __version__
 from glmv_cli.cli import ask as ask_cmd
+from glmv_cli.cli import cache as cache_cmd
 from glmv_cli.cli import extract as extract_cmd
+from glmv_cli.cli import schemas as schemas_cmd
 
 app = typer.Typer(
     name="glmv",
@@ -59,6 +61,8 @@ def _root(
 
 app.command("extract")(extract_cmd.extract)
 app.command("ask")(ask_cmd.ask)
+app.add_typer(schemas_cmd.app, name="schemas")
+app.add_typer(cache_cmd.app, name="cache")
 
 
 def main() -> None:

@@ -52,6 +52,7 @@ class Generation(BaseModel):
     thinking: str | None = None
     finish_reason: Literal["stop", "length", "error"] = "stop"
     error: str | None = None
+    closed_early: bool = False  # the token budget ran low and the JSON was steered to its end
     prompt_tokens: int = 0
     output_tokens: int = 0
     preprocess_s: float = 0.0

@@ -30,6 +30,16 @@ class GrammarCompiler:
         self.vocab_size = vocab_size
         self.setup_s = time.perf_counter() - started
         self._grammars: dict[str, str] = {}
+        self._hf_tokenizer = hf_tokenizer
+        self._eos_ids = eos_ids
+        self._closer: Closer | None = None
+
+    @property
+    def closer(self) -> Closer:
+        """Built on first need: it decodes the whole vocabulary once."""
+        if self._closer is None:
+            self._closer = Closer(self._hf_tokenizer, self.vocab_size, self._eos_ids)
+        return self._closer
 
     def grammar(self, schema: dict[str, Any]) -> str:
         """The grammar for a JSON Schema, validated once and cached."""
@@ -44,8 +54,91 @@ class GrammarCompiler:
             self.setup_s += time.perf_counter() - started
         return self._grammars[key]
 
+    def reserve(self, schema: dict[str, Any]) -> int:
+        """Tokens to keep for closing an answer from deep inside: twice the shortest valid answer."""
+        key = "reserve:" + json.dumps(schema, sort_keys=True, separators=(",", ":"))
+        if key not in self._grammars:
+            shortest = json.dumps(minimal_instance(schema, schema), separators=(",", ":"))
+            self._grammars[key] = str(2 * len(self._hf_tokenizer.encode(shortest, add_special_tokens=False)) + 16)
+        return int(self._grammars[key])
+
     def matcher(self, schema: dict[str, Any]) -> llguidance.LLMatcher:
         return llguidance.LLMatcher(self.tokenizer, self.grammar(schema), log_level=0)
+
+
+def minimal_instance(node: Any, root: dict[str, Any]) -> Any:
+    """The shortest value a JSON Schema admits, roughly: null where allowed, empty otherwise."""
+    if not isinstance(node, dict):
+        return None
+    if "$ref" in node:
+        name = node["$ref"].split("/")[-1]
+        return minimal_instance(root.get("$defs", {}).get(name, {}), root)
+    options = node.get("anyOf") or node.get("oneOf")
+    if options:
+        if any(isinstance(o, dict) and o.get("type") == "null" for o in options):
+            return None
+        return minimal_instance(options[0], root)
+    if "enum" in node:
+        return node["enum"][0]
+    kind = node.get("type")
+    if isinstance(kind, list):
+        if "null" in kind:
+            return None
+        kind = kind[0]
+    if kind == "object":
+        props = node.get("properties", {})
+        return {k: minimal_instance(v, root) for k, v in props.items() if k in node.get("required", props)}
+    if kind == "array":
+        return [minimal_instance(node.get("items", {}), root)] * int(node.get("minItems", 0))
+    if kind == "string":
+        return "x" * int(node.get("minLength", 0))
+    if kind in ("number", "integer"):
+        return 0
+    return None if kind in (None, "null") else False
+
+
+class Closer:
+    """Steers a JSON answer to its shortest valid ending once the token budget is nearly spent.
+
+    Applied only among the tokens the grammar allows. Inside a string the closing quote wins;
+    outside, stop > close brackets > null > separators. The JSON lexical state (in a string or
+    not) is tracked from the text of the chosen tokens.
+    """
+
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_ids: list[int]):
+        ids = list(range(len(tokenizer)))
+        self.texts = [tokenizer.decode([i]) for i in ids] + [""] * max(0, vocab_size - len(ids))
+        self.in_string = torch.zeros(vocab_size)
+        self.outside = torch.zeros(vocab_size)
+        for token_id, text in enumerate(self.texts[:vocab_size]):
+            if not text:
+                continue
+            if text[0] == '"' and set(text[1:]) <= set(",]}"):
+                self.in_string[token_id] = 3.0
+            if set(text) <= set("]}"):
+                self.outside[token_id] = 3.0
+            elif text == "null":
+                self.outside[token_id] = 2.0
+            elif set(text) <= set("]},"):
+                self.outside[token_id] = 1.0
+        self.outside[eos_ids] = 4.0
+        self.in_string *= 1e4
+        self.outside *= 1e4
+
+    @staticmethod
+    def advance(in_string: bool, escaped: bool, text: str) -> tuple[bool, bool]:
+        """The JSON lexical state after `text`: (inside a string, after a backslash)."""
+        for ch in text:
+            if in_string:
+                if escaped:
+                    escaped = False
+                elif ch == "\\":
+                    escaped = True
+                elif ch == '"':
+                    in_string = False
+            elif ch == '"':
+                in_string = True
+        return in_string, escaped
 
 
 def apply_bitmask(scores: torch.Tensor, bitmask: torch.Tensor) -> None:
@@ -63,9 +156,23 @@ class StepProcessor(LogitsProcessor):
     place, so log-probabilities are taken from the scores before masking.
     """
 
-    def __init__(self, matchers: list[Any], vocab_size: int, eos_ids: set[int], logprobs: bool = False):
+    def __init__(
+        self,
+        matchers: list[Any],
+        vocab_size: int,
+        eos_ids: set[int],
+        logprobs: bool = False,
+        close_after: list[int | None] | None = None,
+        closer: Any = None,
+    ):
         self.matchers = matchers
         self.eos_ids = eos_ids
+        # Per row: the step from which a constrained answer is steered to finish (None: never).
+        self.close_after = close_after or [None] * len(matchers)
+        self.closer = closer  # a Closer, or a callable building one on first need
+        self.steps = 0
+        self.closed_early = [False] * len(matchers)
+        self._lex = [(False, False)] * len(matchers)  # (in a JSON string, after a backslash)
         self.bitmask = torch.full((len(matchers), (vocab_size + 31) // 32), -1, dtype=torch.int32)
         self.first_step_at: float | None = None
         self.logprobs = logprobs
@@ -79,6 +186,7 @@ class StepProcessor(LogitsProcessor):
             self.first_step_at = time.perf_counter()
         elif self.logprobs or any(self.matchers):
             self._consume(input_ids[:, -1].tolist())
+        self.steps += 1
         if self.logprobs:
             self._last_logprobs = torch.log_softmax(scores.float(), dim=-1)
         constrained = [i for i, m in enumerate(self.matchers) if m is not None and not self._done[i]]
@@ -91,8 +199,24 @@ class StepProcessor(LogitsProcessor):
             rows = torch.tensor(constrained)
             masked = scores[rows]
             apply_bitmask(masked, self.bitmask[rows])
+            closing = [
+                (n, i)
+                for n, i in enumerate(constrained)
+                if self.close_after[i] is not None and self.steps > self.close_after[i]
+            ]
+            if closing and self.closer is not None:
+                closer = self._get_closer()
+                for n, i in closing:
+                    bias = closer.in_string if self._lex[i][0] else closer.outside
+                    masked[n] += bias.to(masked.device, masked.dtype)[: masked.shape[1]]
+                    self.closed_early[i] = True
             scores[rows] = masked
         return scores
+
+    def _get_closer(self) -> Closer:
+        if not isinstance(self.closer, Closer):
+            self.closer = self.closer()
+        return self.closer
 
     def _allow_only_eos(self, i: int) -> None:
         self.bitmask[i].zero_()
@@ -106,6 +230,8 @@ class StepProcessor(LogitsProcessor):
             if self.logprobs and self._last_logprobs is not None:
                 self.token_logprobs[i].append(float(self._last_logprobs[i, token]))
             matcher = self.matchers[i]
+            if matcher is not None and self.close_after[i] is not None:
+                self._lex[i] = Closer.advance(*self._lex[i], self._get_closer().texts[token])
             if matcher is not None and not matcher.is_error():
                 matcher.consume_token(token)
                 if matcher.is_error():

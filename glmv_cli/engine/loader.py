@@ -5,11 +5,14 @@ Only the local backend imports this module: it is where torch and transformers c
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 
@@ -94,18 +97,35 @@ def _check_folder(model: str) -> Path:
     return folder
 
 
-def _check_hub(model: str, revision: str | None) -> str:
-    """Offline and not in the local Hugging Face cache: say so before transformers does, clearly."""
+def _check_hub(model: str, revision: str | None) -> tuple[str, bool]:
+    """(model, local_files_only): a cached model loads without touching the network; an uncached
+    one needs the hub, and when it cannot be reached we say so at once instead of retrying."""
     from huggingface_hub import constants, try_to_load_from_cache
 
-    if constants.HF_HUB_OFFLINE and not isinstance(
-        try_to_load_from_cache(model, "config.json", revision=revision), str
-    ):
+    if isinstance(try_to_load_from_cache(model, "config.json", revision=revision), str):
+        return model, True
+    hint = f"download it with `hf download {model}` on a connected machine, or pass --model PATH to a local folder"
+    if constants.HF_HUB_OFFLINE:
         raise ModelLoadError(
-            f"model {model!r} is not in the local Hugging Face cache and glmv is offline (HF_HUB_OFFLINE=1)",
-            f"download it with `hf download {model}` on a connected machine, or pass --model PATH to a local folder",
+            f"model {model!r} is not in the local Hugging Face cache and glmv is offline (HF_HUB_OFFLINE=1)", hint
         )
-    return model
+    if not _hub_reachable(constants.ENDPOINT):
+        raise ModelLoadError(
+            f"model {model!r} is not in the local Hugging Face cache and {constants.ENDPOINT} cannot be reached", hint
+        )
+    return model, False
+
+
+def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """A quick TCP check, so an offline machine fails in seconds, not after minutes of retries."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # only the proxy knows; let the download try
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _image_only_processor_class():
@@ -126,16 +146,16 @@ def _image_only_processor_class():
     return ImageOnlyGlmProcessor
 
 
-def load_processor(source: str, revision: str | None) -> tuple[Any, str]:
+def load_processor(source: str, revision: str | None, local_only: bool = True) -> tuple[Any, str]:
     from transformers import AutoProcessor
     from transformers.utils import is_torchvision_available
 
     if is_torchvision_available():
         try:
-            return AutoProcessor.from_pretrained(source, revision=revision), "stock"
+            return AutoProcessor.from_pretrained(source, revision=revision, local_files_only=local_only), "stock"
         except ImportError:
             pass  # torchvision present but unusable beside this torch
-    processor = _image_only_processor_class().from_pretrained(source, revision=revision)
+    processor = _image_only_processor_class().from_pretrained(source, revision=revision, local_files_only=local_only)
     return processor, "image-only"
 
 
@@ -194,12 +214,15 @@ def load_model(
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
     quant = pick_quant(quant, device)
-    source = str(_check_folder(model)) if looks_like_path(model) else _check_hub(model, revision)
+    if looks_like_path(model):
+        source, local_only = str(_check_folder(model)), True
+    else:
+        source, local_only = _check_hub(model, revision)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # the weight-loading bar is noise; hub downloads keep theirs
     try:
-        processor, kind = load_processor(source, revision)
-        kwargs: dict[str, Any] = {"dtype": torch_dtype, "revision": revision}
+        processor, kind = load_processor(source, revision, local_only)
+        kwargs: dict[str, Any] = {"dtype": torch_dtype, "revision": revision, "local_files_only": local_only}
         qconfig = _quantization_config(quant, device)
         if qconfig is not None:
             kwargs.update(quantization_config=qconfig, device_map={"": device})

@@ -206,7 +206,17 @@ class LocalBackend(Backend):
         if stop_at_think_close:
             eos_ids.append(lm.tokenizer.convert_tokens_to_ids(THINK_CLOSE))
         matchers = [self.grammar.matcher(r.json_schema) if r.json_schema else None for r in requests]
-        steps = StepProcessor(matchers, lm.vocab_size, set(eos_ids), logprobs=settings.logprobs)
+        steps = StepProcessor(
+            matchers,
+            lm.vocab_size,
+            set(eos_ids),
+            logprobs=settings.logprobs,
+            close_after=[
+                closing_step(settings.max_new_tokens, self.grammar.reserve(r.json_schema)) if r.json_schema else None
+                for r in requests
+            ],
+            closer=lambda: self.grammar.closer,
+        )
         config = GenerationConfig(
             max_new_tokens=settings.max_new_tokens,
             do_sample=settings.temperature > 0,
@@ -264,11 +274,17 @@ class LocalBackend(Backend):
             output_tokens=len(ids) + (1 if stop is not None else 0),
             finish_reason="error" if error else ("stop" if stop is not None else "length"),
             error=f"grammar: {error}" if error else None,
+            closed_early=steps.closed_early[i],
             **timing,
             token_logprobs=logprobs,
             tokens=[tok.decode([t]) for t in ids] if logprobs is not None else None,
             tag=req.tag,
         )
+
+
+def closing_step(max_new_tokens: int, reserve: int) -> int:
+    """The step after which a constrained answer is steered to close (at most half the budget is kept)."""
+    return max_new_tokens - min(reserve, max_new_tokens // 2)
 
 
 def _settings_key(request: Request) -> str:

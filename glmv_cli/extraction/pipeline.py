@@ -326,12 +326,19 @@ class Extractor:
             output_tokens=output_tokens,
             tokens_per_s=round((output_tokens - len(gens)) / decode_s, 2) if decode_s > 0 else None,
         )
+        warning = None
+        if error is None and last.closed_early:
+            warning = (
+                f"the answer reached its token budget ({self.options.settings.max_new_tokens}) and was "
+                "closed early: lists or text may be incomplete (raise --max-tokens)"
+            )
         return Record(
             file=job.name,
             pages=job.pages,
             status="ok" if error is None else "failed",
             data=data,
             error=error,
+            warning=warning,
             raw=None if error is None else last.text,
             sha256=job.sha256,
             model=self.backend.model_id,

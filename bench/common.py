@@ -1,0 +1,153 @@
+"""Shared pieces of the benchmark: paths, settings, the 32 bench images, timing and RSS helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "build" / "tiny-glm4v"
+WORK = ROOT / "build" / "bench"  # every generated input and cache lives here (ignored by git)
+IMAGES = WORK / "images"
+CORPUS = [ROOT.parent / "shared" / "corpus" / "invoices", ROOT.parent / "shared" / "corpus" / "receipts"]
+PYTHON = sys.executable
+GLMV = str(Path(sys.executable).with_name("glmv"))
+
+N_DOCS = 32
+LONGEST_SIDE = 1024
+MAX_NEW_TOKENS = 512
+ROUNDS = 2
+SCHEMA = "invoice"
+
+
+def bench_images() -> list[Path]:
+    """The 32 bench images (corpus PNG/JPEG, longest side 1024 px, cycled), written once as PNG.
+
+    Cycled copies carry a PNG text chunk naming the copy: the same pixels, different bytes, so
+    glmv's content-hash de-duplication does not skip them and every approach sees 32 documents.
+    """
+    from PIL import Image, ImageOps, PngImagePlugin
+
+    sources = sorted(p for folder in CORPUS for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not sources:
+        raise SystemExit(f"no PNG/JPEG images found in {', '.join(map(str, CORPUS))}")
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(N_DOCS):
+        src = sources[i % len(sources)]
+        dest = IMAGES / f"{i:02d}_{src.stem}.png"
+        if not dest.exists():
+            with Image.open(src) as img:
+                img = ImageOps.exif_transpose(img).convert("RGB")
+                scale = LONGEST_SIDE / max(img.size)
+                img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
+                info = PngImagePlugin.PngInfo()
+                info.add_text("bench-copy", f"{i // len(sources)}")
+                tmp = dest.with_suffix(".tmp")
+                img.save(tmp, format="PNG", pnginfo=info)
+                tmp.replace(dest)
+        out.append(dest)
+    return out
+
+
+def noise_images(folder: Path, count: int, size: tuple[int, int], seed: int) -> list[Path]:
+    """`count` distinct small PNGs (random noise plus a number), written once."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = sorted(folder.glob("*.png"))
+    if len(existing) == count:
+        return existing
+    for p in existing:
+        p.unlink()
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        pixels = rng.integers(200, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+        img = Image.fromarray(pixels, "RGB")
+        ImageDraw.Draw(img).text((10, 10), f"INVOICE {seed}-{i:05d}  TOTAL {rng.integers(1, 9999)}.00", fill="black")
+        path = folder / f"doc_{i:05d}.png"
+        img.save(path, format="PNG")
+        paths.append(path)
+    return paths
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def emit(result: dict[str, Any]) -> None:
+    """The one JSON line an approach module prints for the orchestrator."""
+    result.setdefault("peak_rss_mb", round(peak_rss_mb(), 1))
+    sys.stdout.write("BENCH " + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+@dataclass
+class Measured:
+    """A finished subprocess: exit status, wall seconds, peak RSS (MiB, its own) and output."""
+
+    rc: int
+    wall_s: float
+    peak_rss_mb: float
+    stdout: str
+    stderr: str
+
+    def result(self) -> dict[str, Any]:
+        """The approach's JSON line, or an error record carrying the stderr tail."""
+        for line in reversed(self.stdout.splitlines()):
+            if line.startswith("BENCH "):
+                return json.loads(line[len("BENCH ") :])
+        tail = " | ".join(self.stderr.strip().splitlines()[-3:])
+        return {"error": f"exit {self.rc}: {tail or 'no output'}"}
+
+
+def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = 900) -> Measured:
+    """Run a command; wait4 gives this child's own peak RSS, not the maximum over all children."""
+    out_path, err_path = WORK / ".stdout", WORK / ".stderr"
+    WORK.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        killer = threading.Timer(timeout, proc.kill)
+        killer.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        killer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from waiting on a reaped pid
+    return Measured(proc.returncode, wall, usage.ru_maxrss / 1024, out_path.read_text(), err_path.read_text())
+
+
+def round_figures(docs: int, valid: int, output_tokens: int, wall_s: float, **extra: Any) -> dict[str, Any]:
+    """One round's figures; rates are over the round's wall time (load, preprocess, generate, validate)."""
+    return {
+        "docs": docs,
+        "valid": valid,
+        "wall_s": round(wall_s, 3),
+        "docs_per_s": round(docs / wall_s, 3),
+        "valid_docs_per_s": round(valid / wall_s, 3),
+        "valid_pct": round(100 * valid / docs, 1) if docs else None,
+        "output_tokens": output_tokens,
+        "output_tokens_per_s": round(output_tokens / wall_s, 1),
+        **extra,
+    }
+
+
+def chat_messages(system: str, prompt: str, images: int = 1) -> list[dict[str, Any]]:
+    """The messages glmv's local backend builds: system text, then the images and the prompt."""
+    content = [{"type": "image"} for _ in range(images)] + [{"type": "text", "text": prompt}]
+    return [
+        {"role": "system", "content": [{"type": "text", "text": system}]},
+        {"role": "user", "content": content},
+    ]

@@ -1,0 +1,113 @@
+"""`glmv ask` end to end on the tiny checkpoint, and the CLI's error contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from glmv_cli.cli import app
+from tests.conftest import SAMPLES
+
+runner = CliRunner()
+
+
+def glmv(*args: str, env: dict | None = None, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    """Run the real command in a subprocess (real stdout/stderr, exit code, imports)."""
+    return subprocess.run([sys.executable, "-m", "glmv_cli", *args], capture_output=True, input=stdin,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_ask_image_streams(model_env):
+    result = runner.invoke(app, ["ask", str(SAMPLES / "invoice-acme.png"), "What is the total?", "--max-tokens", "8",
+                                 "--stats"])
+    assert result.exit_code == 0, result.output
+    assert "time to first token" in result.stderr and "tokens/s" in result.stderr
+    assert result.stdout.endswith("\n")
+
+
+def test_ask_pdf_page_json(model_env):
+    result = runner.invoke(app, ["ask", str(SAMPLES / "report-3pages.pdf"), "Title?", "--page", "2", "--json",
+                                 "--max-tokens", "5"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["timings"]["prompt_tokens"] > 0 and payload["timings"]["output_tokens"] == 5
+    assert payload["finish_reason"] == "length"
+
+
+def test_ask_two_images_and_stdin(model_env):
+    png = (SAMPLES / "screenshot-login.png").read_bytes()
+    result = runner.invoke(app, ["ask", "-", str(SAMPLES / "receipt-cafe.jpg"), "Same shop?", "--json",
+                                 "--max-tokens", "4"], input=png)
+    assert result.exit_code == 0, result.output
+    one = runner.invoke(app, ["ask", "-", "Same shop?", "--json", "--max-tokens", "4"], input=png)
+    # Two images make a longer prompt than one.
+    assert json.loads(result.stdout)["timings"]["prompt_tokens"] > json.loads(one.stdout)["timings"]["prompt_tokens"]
+
+
+def test_ask_think_flag(model_env):
+    result = runner.invoke(app, ["ask", str(SAMPLES / "invoice-acme.png"), "Total?", "--think", "--json",
+                                 "--max-tokens", "6"])
+    assert result.exit_code == 0, result.output
+    assert "thinking" in json.loads(result.stdout)
+
+
+def test_missing_file_is_one_line(model_env):
+    proc = glmv("ask", "/nonexistent.png", "x")
+    assert proc.returncode != 0
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "No such file" in lines[0] and "Traceback" not in lines[0]
+
+
+def test_unreadable_image_is_one_line(model_env, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    proc = glmv("ask", str(bad), "x")
+    assert proc.returncode != 0
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("glmv: error:")
+
+
+def test_missing_model_is_one_line(tmp_path):
+    img = tmp_path / "a.png"
+    Image.new("RGB", (64, 64)).save(img)
+    for model in ("/nonexistent", "nobody-here/no-such-model"):
+        proc = glmv("ask", str(img), "x", "--model", model)
+        assert proc.returncode == 1
+        lines = proc.stderr.decode().strip().splitlines()
+        assert len(lines) == 1 and "model" in lines[0] and "Traceback" not in proc.stderr.decode()
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys; from typer.testing import CliRunner; from glmv_cli.cli import app;"
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0;"
+        "r = CliRunner().invoke(app, ['extract', '--help']); assert r.exit_code == 0;"
+        "bad = [m for m in ('torch', 'transformers', 'llguidance') if m in sys.modules];"
+        "print(','.join(bad))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""
+
+
+def test_version():
+    proc = glmv("--version")
+    out = proc.stdout.decode()
+    assert proc.returncode == 0 and "glmv" in out and "torch" in out and "transformers" in out and "device" in out
+
+
+@pytest.mark.parametrize("args", [["ask", "only-one-arg"], ["extract", "x", "--no-such-flag"]])
+def test_usage_errors_exit_2(args):
+    assert runner.invoke(app, args).exit_code == 2
+
+
+def test_python_m_entry_point():
+    assert glmv("--help").returncode == 0
+    assert Path(sys.executable).exists()
