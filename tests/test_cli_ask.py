@@ -20,21 +20,28 @@ runner = CliRunner()
 
 def glmv(*args: str, env: dict | None = None, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     """Run the real command in a subprocess (real stdout/stderr, exit code, imports)."""
-    return subprocess.run([sys.executable, "-m", "glmv_cli", *args], capture_output=True, input=stdin,
-                          env={**os.environ, **(env or {})}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "glmv_cli", *args],
+        capture_output=True,
+        input=stdin,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
 
 
 def test_ask_image_streams(model_env):
-    result = runner.invoke(app, ["ask", str(SAMPLES / "invoice-acme.png"), "What is the total?", "--max-tokens", "8",
-                                 "--stats"])
+    result = runner.invoke(
+        app, ["ask", str(SAMPLES / "invoice-acme.png"), "What is the total?", "--max-tokens", "8", "--stats"]
+    )
     assert result.exit_code == 0, result.output
     assert "time to first token" in result.stderr and "tokens/s" in result.stderr
     assert result.stdout.endswith("\n")
 
 
 def test_ask_pdf_page_json(model_env):
-    result = runner.invoke(app, ["ask", str(SAMPLES / "report-3pages.pdf"), "Title?", "--page", "2", "--json",
-                                 "--max-tokens", "5"])
+    result = runner.invoke(
+        app, ["ask", str(SAMPLES / "report-3pages.pdf"), "Title?", "--page", "2", "--json", "--max-tokens", "5"]
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["timings"]["prompt_tokens"] > 0 and payload["timings"]["output_tokens"] == 5
@@ -43,8 +50,9 @@ def test_ask_pdf_page_json(model_env):
 
 def test_ask_two_images_and_stdin(model_env):
     png = (SAMPLES / "screenshot-login.png").read_bytes()
-    result = runner.invoke(app, ["ask", "-", str(SAMPLES / "receipt-cafe.jpg"), "Same shop?", "--json",
-                                 "--max-tokens", "4"], input=png)
+    result = runner.invoke(
+        app, ["ask", "-", str(SAMPLES / "receipt-cafe.jpg"), "Same shop?", "--json", "--max-tokens", "4"], input=png
+    )
     assert result.exit_code == 0, result.output
     one = runner.invoke(app, ["ask", "-", "Same shop?", "--json", "--max-tokens", "4"], input=png)
     # Two images make a longer prompt than one.
@@ -52,8 +60,9 @@ def test_ask_two_images_and_stdin(model_env):
 
 
 def test_ask_think_flag(model_env):
-    result = runner.invoke(app, ["ask", str(SAMPLES / "invoice-acme.png"), "Total?", "--think", "--json",
-                                 "--max-tokens", "6"])
+    result = runner.invoke(
+        app, ["ask", str(SAMPLES / "invoice-acme.png"), "Total?", "--think", "--json", "--max-tokens", "6"]
+    )
     assert result.exit_code == 0, result.output
     assert "thinking" in json.loads(result.stdout)
 

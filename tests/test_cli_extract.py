@@ -69,11 +69,24 @@ def test_schema_forms(model_env, tmp_path, form):
         "    total: float | None = Field(None, ge=0, le=1e6)\n"
     )
     js = tmp_path / "shop.json"
-    js.write_text(json.dumps({"type": "object", "properties": {
-        "merchant": {"type": ["string", "null"], "maxLength": 40},
-        "total": {"type": ["number", "null"], "minimum": 0, "maximum": 1e6}}}))
-    spec = {"name": "receipt", "inline": "merchant, total float", "py": str(py), "py-model": f"{py}:Shop",
-            "json": str(js)}[form]
+    js.write_text(
+        json.dumps(
+            {
+                "type": "object",
+                "properties": {
+                    "merchant": {"type": ["string", "null"], "maxLength": 40},
+                    "total": {"type": ["number", "null"], "minimum": 0, "maximum": 1e6},
+                },
+            }
+        )
+    )
+    spec = {
+        "name": "receipt",
+        "inline": "merchant, total float",
+        "py": str(py),
+        "py-model": f"{py}:Shop",
+        "json": str(js),
+    }[form]
     result = extract(str(SAMPLES / "receipt-cafe.jpg"), "--schema", spec, "--format", "json")
     assert result.exit_code == 0, result.stderr
     records = json.loads(result.stdout)
@@ -97,7 +110,7 @@ def test_csv_flattening_and_explode(model_env, tmp_path):
     header = next(csv.reader(out.open()))
     fields = [name for name, _, _ in resolve_schema("invoice").fields() if "." not in name]
     assert header[: len(header) - len(fields)] == ["file", "pages", "status", "error", "cached"]
-    assert header[-len(fields):] == fields  # schema order
+    assert header[-len(fields) :] == fields  # schema order
     cached = extract(*args, "-o", str(tmp_path / "items.csv"), "--explode", "line_items")
     assert cached.exit_code == 0, cached.stderr
     exploded = list(csv.DictReader((tmp_path / "items.csv").open()))
@@ -148,8 +161,9 @@ def test_text_hint_reaches_the_prompt(model_env, monkeypatch):
     monkeypatch.setattr(pipeline.Extractor, "_generate", spy)
     assert extract(str(SAMPLES / "invoice-acme.pdf"), "--schema", SMALL, "--no-cache").exit_code == 0
     assert "INV-2024-0042" in prompts[-1]  # the PDF's own text layer
-    assert extract(str(SAMPLES / "invoice-acme.pdf"), "--schema", SMALL, "--text-hint", "off",
-                   "--no-cache").exit_code == 0
+    assert (
+        extract(str(SAMPLES / "invoice-acme.pdf"), "--schema", SMALL, "--text-hint", "off", "--no-cache").exit_code == 0
+    )
     assert "INV-2024-0042" not in prompts[-1]
     assert "total (float): grand total" in prompts[-1]  # field descriptions reach the prompt
 
@@ -173,8 +187,14 @@ def test_repair_retry_then_failed_record_keeps_raw(model_env, tmp_path):
 
 
 def test_cache_second_run_loads_no_model(model_env, tmp_path, monkeypatch):
-    args = [str(SAMPLES / "invoice-acme.png"), str(SAMPLES / "screenshot-login.png"), "--schema", SMALL,
-            "--stats-json", str(tmp_path / "s.json")]
+    args = [
+        str(SAMPLES / "invoice-acme.png"),
+        str(SAMPLES / "screenshot-login.png"),
+        "--schema",
+        SMALL,
+        "--stats-json",
+        str(tmp_path / "s.json"),
+    ]
     first = extract(*args)
     assert first.exit_code == 0
     from glmv_cli.engine import local
@@ -272,3 +292,61 @@ def test_csv_reads_every_line(model_env):
     assert result.exit_code == 0
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert rows[0]["status"] == "ok"
+
+
+def test_resume_after_interrupt(model_env, tmp_path, monkeypatch):
+    from glmv_cli.extraction import pipeline
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("invoice-acme.png", "receipt-cafe.jpg", "screenshot-login.png"):
+        shutil.copy(SAMPLES / name, folder / name)
+    out = tmp_path / "out.jsonl"
+    calls = []
+    real = pipeline.Extractor._generate
+
+    def flaky(self, requests):
+        calls.append(len(requests))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the run
+        return real(self, requests)
+
+    monkeypatch.setattr(pipeline.Extractor, "_generate", flaky)
+    first = extract(str(folder), "--schema", SMALL, "--batch-size", "1", "-o", str(out))
+    assert first.exit_code == 130 and not out.exists()
+    calls.clear()
+    monkeypatch.setattr(pipeline.Extractor, "_generate", real)
+    second = extract(
+        str(folder), "--schema", SMALL, "--batch-size", "1", "-o", str(out), "--stats-json", str(tmp_path / "s.json")
+    )
+    assert second.exit_code == 0
+    records = jsonl(out.read_text())
+    assert [Path(r["file"]).name for r in records] == sorted(p.name for p in folder.iterdir())  # no duplicates
+    assert json.loads((tmp_path / "s.json").read_text())["docs_cached"] == 1  # finished work was kept
+
+
+def test_concurrent_runs_share_the_cache(tmp_path):
+    import multiprocessing
+
+    from glmv_cli.cache import ResultCache
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_fill_cache, args=(tmp_path, n)) for n in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    cache = ResultCache(tmp_path)
+    assert cache.info()["entries"] == 300
+    assert cache.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _fill_cache(folder: Path, n: int) -> None:
+    from glmv_cli.cache import ResultCache
+
+    cache = ResultCache(folder)
+    for i in range(100):
+        cache.put(f"{n}-{i}", {"records": [{"i": i}]})
+        cache.get(f"{(n + 1) % 3}-{i}")
+    cache.finish_run()

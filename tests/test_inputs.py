@@ -374,6 +374,7 @@ def test_nasty_specifics(monkeypatch):
     assert tiff.total_pages == 2 and tiff.pages[0].image.size == (1000, 1333)
     flag = load_document(NASTY / "16bit_sharp_Flag_of_the_Netherlands-16bit.png").pages[0].image
     assert flag.getpixel((450, 50))[0] > 150 and flag.getpixel((450, 550))[2] > 100
+
     def never_decode(self):
         raise AssertionError("a bomb must be refused from its header, never decoded")
 

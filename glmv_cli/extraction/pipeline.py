@@ -81,6 +81,13 @@ class _DocState:
     key: str | None
     records: dict[int, Record] = field(default_factory=dict)
 
+    @property
+    def complete(self) -> bool:
+        return len(self.records) == self.expected
+
+    def ordered(self) -> list[Record]:
+        return [self.records[i] for i in sorted(self.records)]
+
 
 class Extractor:
     """Runs one schema over many documents with one backend."""
@@ -212,12 +219,12 @@ class Extractor:
                     size = batch_size or self.backend.default_batch_size()
                     batch = self._pick_batch(window, size)
                     for job, record in zip(batch, self._process(batch), strict=True):
-                        states[job.index].records[job.sub] = record
-                while next_out in states and len(states[next_out].records) == states[next_out].expected:
-                    state = states.pop(next_out)
-                    records = [state.records[i] for i in sorted(state.records)]
-                    self._store(state.key, records)
-                    yield from records
+                        state = states[job.index]
+                        state.records[job.sub] = record
+                        if state.complete:  # cache now, so an interrupted run keeps this work
+                            self._store(state.key, state.ordered())
+                while next_out in states and states[next_out].complete:
+                    yield from states.pop(next_out).ordered()
                     next_out += 1
         finally:
             stop.set()
