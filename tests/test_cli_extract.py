@@ -350,3 +350,8 @@ def _fill_cache(folder: Path, n: int) -> None:
         cache.put(f"{n}-{i}", {"records": [{"i": i}]})
         cache.get(f"{(n + 1) % 3}-{i}")
     cache.finish_run()
+
+
+def test_missing_path_is_usage_error(model_env, tmp_path):
+    result = extract(str(tmp_path / "nope"), "--schema", SMALL)
+    assert result.exit_code == 2 and "No such file" in result.stderr

@@ -21,7 +21,7 @@ from glmv_cli.cli.common import (
     ThinkOpt,
     handle_errors,
 )
-from glmv_cli.errors import ExitStatus, OutputError, UsageError
+from glmv_cli.errors import ExitStatus, InputError, OutputError, UsageError
 
 TEXT_HINTS = ("auto", "on", "off")
 
@@ -94,7 +94,10 @@ def extract(
     resolved = resolve_schema(schema)
     page_list = parse_page_spec(pages)
     skip = {p for p in (output, stats_json) if p is not None}
-    files = discover(paths, glob=glob, exclude=exclude, skip=skip)
+    try:
+        files = discover(paths, glob=glob, exclude=exclude, skip=skip)
+    except InputError as exc:  # a PATH argument that does not exist is the caller's mistake
+        raise UsageError(exc.message, exc.hint) from exc
     if out_dir is not None:
         files = [f for f in files if not _inside(f, out_dir)]  # never read our own output back
     console = stderr_console()

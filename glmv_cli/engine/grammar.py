@@ -141,11 +141,24 @@ class Closer:
         return in_string, escaped
 
 
+_EXECUTOR: llguidance.LLExecutor | None = None
+
+
+def _executor() -> llguidance.LLExecutor:
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        _EXECUTOR = llguidance.LLExecutor()
+    return _EXECUTOR
+
+
 def apply_bitmask(scores: torch.Tensor, bitmask: torch.Tensor) -> None:
-    """Set disallowed token scores to -inf in place (bit i of word j allows token 32*j+i)."""
-    bits = torch.arange(32, dtype=torch.int32)
-    allowed = ((bitmask.unsqueeze(-1) >> bits) & 1).bool().view(bitmask.shape[0], -1)
-    allowed = allowed[:, : scores.shape[1]].to(scores.device)
+    """Set disallowed token scores to -inf in place (bit i of word j allows token 32*j+i).
+
+    The packed mask moves to the scores' device (32x smaller than a bool mask) and is unpacked there.
+    """
+    packed = bitmask.to(scores.device, non_blocking=True)
+    bits = torch.arange(32, dtype=torch.int32, device=scores.device)
+    allowed = ((packed.unsqueeze(-1) >> bits) & 1).bool().view(packed.shape[0], -1)[:, : scores.shape[1]]
     scores.masked_fill_(~allowed, float("-inf"))
 
 
@@ -180,38 +193,53 @@ class StepProcessor(LogitsProcessor):
         self.token_logprobs: list[list[float]] = [[] for _ in matchers]
         self.errors: list[str | None] = [None] * len(matchers)
         self._done = [False] * len(matchers)
+        self._tokens: list[list[int]] = [[] for _ in matchers]  # replayed into _lex if closing starts
+        self._any_matcher = any(m is not None for m in matchers)
+        self.finished_at: list[float | None] = [None] * len(matchers)  # when each row chose its stop token
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.first_step_at is None:
             self.first_step_at = time.perf_counter()
-        elif self.logprobs or any(self.matchers):
+        else:
             self._consume(input_ids[:, -1].tolist())
         self.steps += 1
         if self.logprobs:
             self._last_logprobs = torch.log_softmax(scores.float(), dim=-1)
         constrained = [i for i, m in enumerate(self.matchers) if m is not None and not self._done[i]]
-        if constrained:
-            for i in constrained:
-                if self.matchers[i].is_error():
-                    self._allow_only_eos(i)  # end the row rather than emit unconstrained text
-                else:
-                    self.matchers[i].unsafe_compute_mask_ptr(self.bitmask[i].data_ptr(), self.bitmask.shape[1] * 4)
-            rows = torch.tensor(constrained)
-            masked = scores[rows]
-            apply_bitmask(masked, self.bitmask[rows])
-            closing = [
-                (n, i)
-                for n, i in enumerate(constrained)
-                if self.close_after[i] is not None and self.steps > self.close_after[i]
-            ]
-            if closing and self.closer is not None:
+        if not constrained:
+            return scores
+        self._fill_masks(constrained)
+        every_row = len(constrained) == scores.shape[0]
+        rows = None if every_row else torch.tensor(constrained, device=scores.device)
+        view = scores if every_row else scores[rows]
+        mask = self.bitmask if every_row else self.bitmask[torch.tensor(constrained)]
+        apply_bitmask(view, mask)
+        for n, i in enumerate(constrained):
+            if self.close_after[i] is not None and self.steps > self.close_after[i] and self.closer is not None:
                 closer = self._get_closer()
-                for n, i in closing:
-                    bias = closer.in_string if self._lex[i][0] else closer.outside
-                    masked[n] += bias.to(masked.device, masked.dtype)[: masked.shape[1]]
+                if not self.closed_early[i]:  # catch up on the lexical state once
                     self.closed_early[i] = True
-            scores[rows] = masked
+                    self._lex[i] = Closer.advance(False, False, "".join(closer.texts[t] for t in self._tokens[i]))
+                bias = closer.in_string if self._lex[i][0] else closer.outside
+                view[n] += bias.to(view.device, view.dtype)[: view.shape[1]]
+        if not every_row:
+            scores[rows] = view
         return scores
+
+    def _fill_masks(self, rows: list[int]) -> None:
+        healthy = []
+        for i in rows:
+            if self.matchers[i].is_error():
+                self._allow_only_eos(i)  # end the row rather than emit unconstrained text
+            else:
+                healthy.append(i)
+        width = self.bitmask.shape[1] * 4
+        if len(healthy) > 1:  # llguidance fills the rows in parallel, off the GIL
+            _executor().unsafe_compute_mask_ptr(
+                [(self.matchers[i], i) for i in healthy], self.bitmask.data_ptr(), width, self.bitmask.shape[0]
+            )
+        elif healthy:
+            self.matchers[healthy[0]].unsafe_compute_mask_ptr(self.bitmask[healthy[0]].data_ptr(), width)
 
     def _get_closer(self) -> Closer:
         if not isinstance(self.closer, Closer):
@@ -230,16 +258,21 @@ class StepProcessor(LogitsProcessor):
             if self.logprobs and self._last_logprobs is not None:
                 self.token_logprobs[i].append(float(self._last_logprobs[i, token]))
             matcher = self.matchers[i]
-            if matcher is not None and self.close_after[i] is not None:
-                self._lex[i] = Closer.advance(*self._lex[i], self._get_closer().texts[token])
+            if matcher is not None:
+                if self.closed_early[i]:
+                    self._lex[i] = Closer.advance(*self._lex[i], self._get_closer().texts[token])
+                else:
+                    self._tokens[i].append(token)
             if matcher is not None and not matcher.is_error():
                 matcher.consume_token(token)
                 if matcher.is_error():
                     self.errors[i] = matcher.get_error()
             # A finished grammar keeps masking (EOS only) until the row actually stops.
-            self._done[i] = token in self.eos_ids
+            if token in self.eos_ids:
+                self._done[i] = True
+                self.finished_at[i] = time.perf_counter()
 
     def finish(self, last_tokens: list[int]) -> None:
         """Account for the last step's tokens, which no further call saw."""
-        if self.first_step_at is not None and (self.logprobs or any(self.matchers)):
+        if self.first_step_at is not None:
             self._consume(last_tokens)

@@ -238,13 +238,20 @@ class LocalBackend(Backend):
         timing = {
             "preprocess_s": preprocess_s,
             "ttft_s": first - started,
-            "decode_s": ended - first,
             "generate_s": ended - started,
             "batch_size": len(requests),
         }
         return [
             self._decode(
-                row, requests[i], steps, i, int(inputs["attention_mask"][i].sum()), set(eos_ids), think, timing
+                row,
+                requests[i],
+                steps,
+                i,
+                int(inputs["attention_mask"][i].sum()),
+                set(eos_ids),
+                think,
+                # decode time of this row: until it stopped, not until the batch's slowest row did
+                {**timing, "decode_s": (steps.finished_at[i] or ended) - first},
             )
             for i, row in enumerate(new.tolist())
         ]

@@ -1,0 +1,35 @@
+"""The README documents every command and every `glmv extract` flag; .ci/run runs the README's test command."""
+
+from __future__ import annotations
+
+import re
+
+import click
+import typer
+
+from glmv_cli.cli import app
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def test_every_command_is_documented():
+    group = typer.main.get_command(app)
+    for name in group.commands:
+        assert f"glmv {name}" in README, name
+
+
+def test_every_extract_and_ask_flag_is_documented():
+    group = typer.main.get_command(app)
+    for command in ("extract", "ask"):
+        for param in group.commands[command].params:
+            if isinstance(param, click.Option) and param.name not in ("help", "model", "device", "dtype", "quant",
+                                                                         "revision"):
+                assert any(opt in README for opt in param.opts), f"{command} {param.opts}"
+
+
+def test_ci_runs_the_readme_commands():
+    ci = (ROOT / ".ci" / "run").read_text()
+    test_cmd = re.search(r"## Run the tests\s+```bash\s+(.+?)\n", README).group(1)
+    install_cmd = re.search(r"## Set up.*?```bash\s+(\S+ \S+)", README, re.S).group(1)
+    assert test_cmd in ci and install_cmd in ci
