@@ -189,8 +189,8 @@ class Extractor:
     # -- the run ---------------------------------------------------------------------------------
     def run(self, paths: Sequence[str | Path]) -> Iterator[Record]:
         """Yield one record per document (per page with per_page), in input order."""
-        batch_size = self.options.batch_size
-        lookahead = max(4, 2 * (batch_size or 8))
+        size = self.options.batch_size  # the backend's default is asked for only once a model is needed
+        lookahead = max(4, 2 * (size or 8))
         pending: queue.Queue[Future[_Prepared] | None] = queue.Queue(maxsize=lookahead)
         pool = ThreadPoolExecutor(max_workers=max(1, self.options.workers), thread_name_prefix="glmv-load")
         stop = threading.Event()
@@ -214,9 +214,9 @@ class Extractor:
         try:
             while not done or window:
                 if not done:
-                    done = self._fill(pending, window, states, seen, batch_size)
+                    done = self._fill(pending, window, states, seen, size or 8)
                 if window:
-                    size = batch_size or self.backend.default_batch_size()
+                    size = size or self.backend.default_batch_size()
                     batch = self._pick_batch(window, size)
                     for job, record in zip(batch, self._process(batch), strict=True):
                         state = states[job.index]
@@ -243,10 +243,9 @@ class Extractor:
         window: list[_Job],
         states: dict[int, _DocState],
         seen: dict[str, str],
-        batch_size: int | None,
+        want: int,
     ) -> bool:
         """Move ready documents into the window; True once the input is exhausted."""
-        want = batch_size or 8
         while True:
             try:
                 # Block while there is nothing to run; otherwise take only what is ready soon.
@@ -274,8 +273,8 @@ class Extractor:
                 seen[prep.sha256] = prep.name
                 states[prep.index] = _DocState(len(prep.jobs), prep.key)
                 window.extend(prep.jobs)
-            if len(window) >= 2 * want:
-                return False
+            if len(window) >= 2 * want or (not window and prep.index in states):
+                return False  # enough to batch; or a finished record that can go out now
 
     @staticmethod
     def _pick_batch(window: list[_Job], size: int) -> list[_Job]:
