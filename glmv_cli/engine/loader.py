@@ -219,7 +219,10 @@ def load_model(
     else:
         source, local_only = _check_hub(model, revision)
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # the weight-loading bar is noise; hub downloads keep theirs
+    if local_only:
+        hf_logging.disable_progress_bar()  # nothing to download: the weight-loading bar is noise
+    else:
+        hf_logging.enable_progress_bar()  # a first run downloads ~20 GB: show it
     try:
         processor, kind = load_processor(source, revision, local_only)
         kwargs: dict[str, Any] = {"dtype": torch_dtype, "revision": revision, "local_files_only": local_only}
