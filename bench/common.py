@@ -112,11 +112,24 @@ class Measured:
         return {"error": f"exit {self.rc}: {tail or 'no output'}"}
 
 
+def cli_env(**extra: str) -> dict[str, str]:
+    """For timing the `glmv` command: bytecode cached as an installed package has it.
+
+    This sandbox sets PYTHONDONTWRITEBYTECODE=1 and the editable install has no .pyc for
+    glmv_cli, so every start would recompile glmv's sources. The cache goes under build/.
+    """
+    return {"PYTHONPYCACHEPREFIX": str(WORK / "pycache"), "PYTHONDONTWRITEBYTECODE": "", **extra}
+
+
 def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = 900) -> Measured:
-    """Run a command; wait4 gives this child's own peak RSS, not the maximum over all children."""
+    """Run a command; wait4 gives this child's own peak RSS, not the maximum over all children.
+
+    An empty value in env removes that variable.
+    """
     out_path, err_path = WORK / ".stdout", WORK / ".stderr"
     WORK.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v != ""}
     with open(out_path, "w") as out, open(err_path, "w") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
@@ -129,8 +142,19 @@ def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, timeout: 
     return Measured(proc.returncode, wall, usage.ru_maxrss / 1024, out_path.read_text(), err_path.read_text())
 
 
-def round_figures(docs: int, valid: int, output_tokens: int, wall_s: float, **extra: Any) -> dict[str, Any]:
-    """One round's figures; rates are over the round's wall time (load, preprocess, generate, validate)."""
+def round_figures(
+    docs: int,
+    valid: int,
+    output_tokens: int,
+    wall_s: float,
+    decode_tokens: int | None = None,
+    decode_s: float | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One round's figures; rates are over the round's wall time (load, preprocess, generate, validate).
+
+    decode_tokens_per_s leaves prefill out: tokens after the first over the time from first to last token.
+    """
     return {
         "docs": docs,
         "valid": valid,
@@ -140,6 +164,7 @@ def round_figures(docs: int, valid: int, output_tokens: int, wall_s: float, **ex
         "valid_pct": round(100 * valid / docs, 1) if docs else None,
         "output_tokens": output_tokens,
         "output_tokens_per_s": round(output_tokens / wall_s, 1),
+        "decode_tokens_per_s": round(decode_tokens / decode_s, 1) if decode_tokens and decode_s else None,
         **extra,
     }
 

@@ -1,7 +1,7 @@
 """glmv through its library API (Extractor), cache off, at a given batch size.
 
-    python -m bench.glmv_lib 1        # batch size 1
-    python -m bench.glmv_lib default  # the backend's default batch size (8 on CPU)
+python -m bench.glmv_lib 1        # batch size 1
+python -m bench.glmv_lib default  # the backend's default batch size (8 on CPU)
 """
 
 from __future__ import annotations
@@ -44,11 +44,23 @@ def main(batch: str) -> None:
         wall = time.perf_counter() - t0
         valid = sum(r.status == "ok" for r in records)
         tokens = sum(r.timings.output_tokens or 0 for r in records)
-        generate_s = sum(r.timings.generate or 0 for r in records)  # per-doc share of its batch call
+        decode_tokens = decode_s = None
+        if batch_size == 1:  # per-document timings are per call only when each call is one document
+            decode_tokens = sum((r.timings.output_tokens or 1) - 1 for r in records)
+            decode_s = sum((r.timings.generate or 0) - (r.timings.ttft or 0) for r in records)
         errors = sorted({(r.error or "")[:120] for r in records if r.status != "ok"})
+        warned = sum(getattr(r, "warning", None) is not None for r in records)
         rounds.append(
             round_figures(
-                len(records), valid, tokens, wall, model_calls=extractor.model_calls, errors=errors[:3]
+                len(records),
+                valid,
+                tokens,
+                wall,
+                decode_tokens,
+                decode_s,
+                model_calls=extractor.model_calls,
+                warnings=warned,
+                errors=errors[:3],
             )
         )
     emit(

@@ -11,8 +11,9 @@ def main() -> None:
     started = time.perf_counter()
     import torch
     from PIL import Image
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText, StoppingCriteriaList
 
+    from bench.steps import StepCounter
     from glmv_cli.engine.loader import load_processor
     from glmv_cli.extraction.parse import validate
     from glmv_cli.extraction.prompt import SYSTEM, build_prompt
@@ -26,33 +27,42 @@ def main() -> None:
     text = processor.apply_chat_template(
         chat_messages(SYSTEM, build_prompt(schema)), add_generation_prompt=True, tokenize=False, enable_thinking=False
     )
+    greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}  # the checkpoint samples
     eos = model.generation_config.eos_token_id
     paths = bench_images()
     rounds = []
     for _ in range(ROUNDS):
-        valid = tokens = 0
+        valid = tokens = decode_tokens = 0
+        errors: set[str] = set()
+        decode_s = 0.0
         t0 = time.perf_counter()
         for path in paths:
             with Image.open(path) as img:
                 image = img.convert("RGB")
             inputs = processor(text=[text], images=[[image]], return_tensors="pt")
             inputs.pop("token_type_ids", None)
+            counter = StepCounter()
             with torch.inference_mode():
                 out = model.generate(
                     **inputs,
                     max_new_tokens=MAX_NEW_TOKENS,
-                    do_sample=False,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
+                    **greedy,
                     eos_token_id=eos,
                     pad_token_id=processor.tokenizer.pad_token_id,
+                    stopping_criteria=StoppingCriteriaList([counter]),
                 )
+            decode_s += counter.decode_s()
             new = out[0, inputs["input_ids"].shape[1] :]
             tokens += int(new.shape[0])
+            decode_tokens += int(new.shape[0]) - 1
             answer = processor.tokenizer.decode(new, skip_special_tokens=True)
-            valid += validate(answer, schema.model)[1] is None
-        rounds.append(round_figures(len(paths), valid, tokens, time.perf_counter() - t0))
+            error = validate(answer, schema.model)[1]
+            valid += error is None
+            if error:
+                errors.add(f"{error[:100]} ({counter.steps} tokens)")
+        wall = time.perf_counter() - t0
+        figures = round_figures(len(paths), valid, tokens, wall, decode_tokens, decode_s, errors=sorted(errors)[:3])
+        rounds.append(figures)
     emit({"name": "plain", "load_s": round(load_s, 3), "compile_s": 0.0, "rounds": rounds})
 
 

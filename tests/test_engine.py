@@ -158,3 +158,22 @@ def test_stock_processor_with_torchvision(tiny_model):
     pytest.importorskip("torchvision")
     backend = LocalBackend(str(tiny_model))
     assert backend.loaded.processor_kind == "stock"
+
+
+def test_prepared_requests_collate_like_the_processor(backend):
+    import torch
+
+    from glmv_cli.engine.local import collate
+
+    reqs = [Request(images=[img], prompt=f"Extract {i}" * (i + 1)) for i, img in enumerate(images())]
+    texts = backend._prompts(reqs, think=False)
+    batch = backend.loaded.processor(text=texts, images=[r.images for r in reqs], return_tensors="pt", padding=True)
+    prepared = [backend.prepare(r) for r in reqs]
+    stacked = collate([p.prepared[1][0] for p in prepared], backend.loaded.tokenizer.pad_token_id)
+    for key, value in stacked.items():
+        assert torch.equal(value, batch[key]), key
+    # A prepared request reused after its prompt changed (a repair) is encoded again, not reused.
+    changed = prepared[0].model_copy(update={"prompt": "something else"})
+    assert backend._encoded(changed, think=False)[0]["input_ids"].shape != prepared[0].prepared[1][0]["input_ids"].shape
+    gens = backend.generate(prepared)
+    assert [g.text for g in gens] == [g.text for g in backend.generate(reqs)]

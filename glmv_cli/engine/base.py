@@ -41,6 +41,7 @@ class Request(BaseModel):
     assistant_prefix: str = ""  # text the answer continues from (e.g. finished thinking)
     settings: GenerationSettings = Field(default_factory=GenerationSettings)
     tag: Any = None  # caller's handle, returned untouched
+    prepared: Any = None  # the backend's own pre-processed inputs (see Backend.prepare), if any
 
 
 class Generation(BaseModel):
@@ -88,6 +89,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def identity(self) -> dict[str, Any]:
         """Everything about the model that changes answers, known without loading it (for cache keys)."""
+
+    def prepare(self, request: Request) -> Request:
+        """Do the per-request input work now (called from loader threads); batching then only stacks."""
+        return request
 
     def default_batch_size(self) -> int:
         return 1

@@ -44,8 +44,7 @@ class LazyLocalBackend(Backend):
         return self._real.load_s if self._real is not None else 0.0
 
     def identity(self) -> dict[str, Any]:
-        opts = {k: v for k, v in self._options.items() if k != "batch_size"}
-        return {"backend": "transformers", "model": self.model_id, "weights": folder_digest(self.model_id), **opts}
+        return local_identity(self.model_id, self._options)
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         return self.real.generate(requests)
@@ -53,11 +52,21 @@ class LazyLocalBackend(Backend):
     def stream(self, request: Request, on_text: Callable[[str], None]) -> Generation:
         return self.real.stream(request, on_text)
 
+    def prepare(self, request: Request) -> Request:
+        return self.real.prepare(request)
+
     def default_batch_size(self) -> int:
         return self.real.default_batch_size()
 
     def grammar_setup_s(self) -> float:
         return getattr(self.real, "grammar_setup_s", lambda: 0.0)() if self._real is not None else 0.0
+
+
+def local_identity(model: str, options: dict[str, Any]) -> dict[str, Any]:
+    """What changes a local model's answers; a local folder counts by its weights, not its spelling."""
+    digest = folder_digest(model)
+    opts = {k: v for k, v in options.items() if k != "batch_size"}
+    return {"backend": "transformers", "model": "local-folder" if digest else model, "weights": digest, **opts}
 
 
 def folder_digest(model: str) -> str | None:

@@ -13,7 +13,7 @@ from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
 from glmv_cli.engine.base import DEFAULT_MODEL, Backend, Generation, GenerationSettings, Request
-from glmv_cli.engine.factory import folder_digest
+from glmv_cli.engine.factory import local_identity
 from glmv_cli.engine.grammar import GrammarCompiler, StepProcessor
 from glmv_cli.engine.loader import LoadedModel, load_model
 from glmv_cli.engine.text import THINK_CLOSE, AnswerFilter, split_thinking
@@ -92,12 +92,7 @@ class LocalBackend(Backend):
         return self.grammar.setup_s
 
     def identity(self) -> dict[str, Any]:
-        return {
-            "backend": "transformers",
-            "model": self.model_id,
-            "weights": folder_digest(self.model_id),
-            **self._options,
-        }
+        return local_identity(self.model_id, self._options)
 
     def grammar_setup_s(self) -> float:
         """Seconds spent building the grammar tokenizer and compiling schemas."""
@@ -163,6 +158,26 @@ class LocalBackend(Backend):
             final.ttft_s = thought.ttft_s
         return finals
 
+    def prepare(self, request: Request) -> Request:
+        """Run the processor (resize, patchify, tokenise) for one request, off the model's thread."""
+        encoding = self._encode(request, request.settings.think)
+        return request.model_copy(update={"prepared": (_encoding_key(request, request.settings.think), encoding)})
+
+    def _encoded(self, request: Request, think: bool) -> tuple[dict[str, torch.Tensor], float]:
+        """The request's encoding: the prepared one when it still matches the request, else made now."""
+        if request.prepared is not None and request.prepared[0] == _encoding_key(request, think):
+            return request.prepared[1]
+        return self._encode(request, think)
+
+    def _encode(self, request: Request, think: bool) -> tuple[dict[str, torch.Tensor], float]:
+        started = time.perf_counter()
+        kwargs: dict[str, Any] = {"text": self._prompts([request], think), "return_tensors": "pt"}
+        if request.images:
+            kwargs["images"] = [list(request.images)]
+        encoding = dict(self.loaded.processor(**kwargs))
+        encoding.pop("token_type_ids", None)
+        return encoding, time.perf_counter() - started
+
     def _prompts(self, requests: list[Request], think: bool) -> list[str]:
         lm = self.loaded
         texts = []
@@ -190,17 +205,13 @@ class LocalBackend(Backend):
         lm = self.loaded
         think = settings.think if think is None else think
         started = time.perf_counter()
-        texts = self._prompts(requests, think)
-        images = [list(r.images) for r in requests]
-        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
-        if any(images):
-            kwargs["images"] = images
-        inputs = lm.processor(**kwargs)
-        inputs.pop("token_type_ids", None)
-        inputs = inputs.to(lm.model.device)
+        encoded = [self._encoded(r, think) for r in requests]
+        inputs = collate([e for e, _ in encoded], lm.tokenizer.pad_token_id)
+        inputs = {k: v.to(lm.model.device) for k, v in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(lm.model.dtype)
-        preprocess_s = time.perf_counter() - started
+        # Per row: its own encoding time, wherever it ran (a loader thread, or here).
+        preprocess = [seconds for _, seconds in encoded]
 
         eos_ids = list(lm.eos_ids)
         if stop_at_think_close:
@@ -236,7 +247,6 @@ class LocalBackend(Backend):
         steps.finish(new[:, -1].tolist() if new.shape[1] else [])
         first = steps.first_step_at or ended
         timing = {
-            "preprocess_s": preprocess_s,
             "ttft_s": first - started,
             "generate_s": ended - started,
             "batch_size": len(requests),
@@ -251,7 +261,7 @@ class LocalBackend(Backend):
                 set(eos_ids),
                 think,
                 # decode time of this row: until it stopped, not until the batch's slowest row did
-                {**timing, "decode_s": (steps.finished_at[i] or ended) - first},
+                {**timing, "decode_s": (steps.finished_at[i] or ended) - first, "preprocess_s": preprocess[i]},
             )
             for i, row in enumerate(new.tolist())
         ]
@@ -292,6 +302,31 @@ class LocalBackend(Backend):
 def closing_step(max_new_tokens: int, reserve: int) -> int:
     """The step after which a constrained answer is steered to close (at most half the budget is kept)."""
     return max_new_tokens - min(reserve, max_new_tokens // 2)
+
+
+def collate(encodings: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Stack single-request encodings into a batch: left padding, images concatenated in order.
+
+    The same tensors the processor makes for a padded batch, so preprocessing can run per
+    request in loader threads.
+    """
+    width = max(e["input_ids"].shape[1] for e in encodings)
+    pads = {"input_ids": pad_id, "attention_mask": 0, "mm_token_type_ids": 0}
+    batch = {
+        key: torch.cat([torch.nn.functional.pad(e[key], (width - e[key].shape[1], 0), value=value) for e in encodings])
+        for key, value in pads.items()
+        if key in encodings[0]
+    }
+    for key in ("pixel_values", "image_grid_thw"):
+        parts = [e[key] for e in encodings if key in e]
+        if parts:
+            batch[key] = torch.cat(parts)
+    return batch
+
+
+def _encoding_key(request: Request, think: bool) -> tuple:
+    """What a prepared encoding depends on: a repaired or re-prefixed request must be encoded again."""
+    return (request.prompt, request.system, request.assistant_prefix, think, len(request.images))
 
 
 def _settings_key(request: Request) -> str:

@@ -174,6 +174,7 @@ class Extractor:
                 json_schema=self.json_schema,
                 settings=self.options.settings,
             )
+            request = self.backend.prepare(request)  # preprocessing here, in the loader thread
             pixels = sum(p.image.width * p.image.height for p in pages)
             jobs.append(_Job(index, sub, doc.path, doc.sha256, [p.number for p in pages], request, load_s, pixels))
         return jobs

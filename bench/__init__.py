@@ -1,0 +1,1 @@
+"""The glmv benchmark (`make bench`): see README.md."""

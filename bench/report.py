@@ -1,0 +1,194 @@
+"""Turn the figures into the printed table and the PASS/FAIL target lines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+APPROACHES = ("plain", "outlines", "outlines strict", "glmv b1", "glmv bN")
+PEERS = ("plain", "outlines")  # the targets compare glmv with these; "outlines strict" is for context
+
+
+def best_round(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The faster of the rounds (round 1 pays first-call costs such as lazy grammar building)."""
+    rounds = result.get("rounds") or []
+    return min(rounds, key=lambda r: r["wall_s"]) if rounds else None
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(results: dict[str, dict[str, Any]], max_new_tokens: int, docs: int) -> str:
+    header = [
+        "approach",
+        "docs/s",
+        "r1 / r2 docs/s",
+        "valid docs/s",
+        "valid %",
+        "out tok/s",
+        "decode tok/s",
+        "tok/doc",
+        "load s",
+        "compile s",
+        "peak RSS MB",
+    ]
+    rows = [header]
+    errors = []
+    for key in APPROACHES:
+        res = results.get(key)
+        if res is None:
+            continue
+        name = res.get("name", key)
+        best = best_round(res)
+        if best is None:
+            errors.append(f"{name:<16} ERROR: {res.get('error', 'no figures')}")
+            continue
+        per_round = " / ".join(_fmt(r["docs_per_s"]) for r in res["rounds"])
+        rows.append(
+            [
+                name,
+                _fmt(best["docs_per_s"]),
+                per_round,
+                _fmt(best["valid_docs_per_s"]),
+                _fmt(best["valid_pct"], 1),
+                _fmt(best["output_tokens_per_s"], 0),
+                _fmt(best.get("decode_tokens_per_s"), 0),
+                _fmt(best["output_tokens"] / best["docs"], 0),
+                _fmt(res.get("load_s")),
+                _fmt(res.get("compile_s")),
+                _fmt(res.get("subprocess_peak_rss_mb"), 0),
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [
+        f"{docs} documents (corpus PNG/JPEG, longest side 1024 px), schema `invoice`, greedy, "
+        f"max_new_tokens={max_new_tokens}, CPU, 2 rounds per approach (best shown)"
+    ]
+    for n, row in enumerate(rows):
+        lines.append(
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.extend(errors)
+    lines.append(
+        "docs/s and out tok/s are over each round's wall time (open image, preprocess, generate, validate); "
+        "decode tok/s leaves prefill out (b1 rows only); load = model + processor; compile = schema constraint."
+    )
+    return "\n".join(lines)
+
+
+def extras(results: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    s = results.get("startup", {})
+    if "help_median_s" in s:
+        runs = ", ".join(f"{w:.3f}" for w in s["help_runs_s"])
+        lines.append(f"glmv --help start-up     median {s['help_median_s']:.3f} s  (runs: {runs})")
+    c = results.get("cached", {})
+    if "rerun_s" in c:
+        lines.append(
+            f"cached re-run, {c['docs']} docs  {c['rerun_s']:.3f} s wall incl. start-up (runs: "
+            f"{', '.join(f'{w:.3f}' for w in c['rerun_runs_s'])}); {c['rerun_docs_cached']}/{c['docs']} from cache; "
+            f"model loaded: {'yes' if c['model_loaded'] else 'no'} (model_load_s={c['rerun_model_load_s']}); "
+            f"peak RSS {c['rerun_peak_rss_mb']:.0f} MB; cache fill (untimed) took {c['fill_s']:.0f} s"
+        )
+    g = results.get("grammar_cost", {})
+    if "overhead_us_per_token" in g:
+        lines.append(
+            f"grammar cost per token    constrained {g['constrained_us_per_token']:.0f} us vs unconstrained "
+            f"{g['unconstrained_us_per_token']:.0f} us -> +{g['overhead_us_per_token']:.0f} us/token "
+            f"(+{g['overhead_pct']:.1f}%), {g['docs']} docs x {g['tokens_per_doc']:.0f} tokens; "
+            f"glmv's logits step {g['step_processor_us_constrained']:.0f} us constrained vs "
+            f"{g['step_processor_us_unconstrained']:.0f} us free"
+        )
+    r = results.get("rss_scale", {})
+    if "ratio" in r:
+        lines.append(
+            f"peak RSS 50 vs 1000 pages  {r['rss_50_mb']:.0f} MB vs {r['rss_1000_mb']:.0f} MB "
+            f"-> ratio {r['ratio']:.2f} "
+            f"({r['image_px'][0]}x{r['image_px'][1]} px images, --max-tokens {r['max_tokens']}, cache off; "
+            f"walls {r['wall_50_s']:.0f} s and {r['wall_1000_s']:.0f} s)"
+        )
+    for key in ("startup", "cached", "grammar_cost", "rss_scale"):
+        if results.get(key, {}).get("error"):
+            lines.append(f"{key}: ERROR: {results[key]['error']}")
+    return "\n".join(lines)
+
+
+def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each target: name, passed (None when it could not be measured), and the numbers behind it."""
+    best = {k: best_round(results[k]) for k in APPROACHES if k in results}
+    out = []
+
+    glmv_n, peers = best.get("glmv bN"), {k: best.get(k) for k in PEERS if best.get(k)}
+    if glmv_n and peers:
+        peer_name, peer = max(peers.items(), key=lambda kv: kv[1]["valid_docs_per_s"])
+        need = 2 * peer["valid_docs_per_s"]
+        ok = glmv_n["valid_docs_per_s"] >= need and glmv_n["valid_pct"] == 100.0
+        out.append(
+            _target(
+                "glmv bN schema-valid docs/s >= 2x best peer, 100% valid",
+                ok,
+                f"glmv {results['glmv bN']['name'].split()[-1]}: {glmv_n['valid_docs_per_s']:.2f} valid docs/s "
+                f"({glmv_n['valid_pct']:.0f}% valid) vs {peer_name} {peer['valid_docs_per_s']:.2f} -> "
+                f"{_ratio(glmv_n['valid_docs_per_s'], peer['valid_docs_per_s'])} (need 2x = {need:.2f})",
+            )
+        )
+    else:
+        out.append(_target("glmv bN schema-valid docs/s >= 2x best peer, 100% valid", None, "not measured"))
+
+    b1, plain = best.get("glmv b1"), best.get("plain")
+    if b1 and plain:
+        ratio = b1["output_tokens_per_s"] / plain["output_tokens_per_s"]
+        out.append(
+            _target(
+                "glmv b1 output tokens/s >= 0.9x plain loop",
+                ratio >= 0.9,
+                f"{b1['output_tokens_per_s']:.0f} vs {plain['output_tokens_per_s']:.0f} tok/s -> {ratio:.2f}x "
+                f"(decode only, prefill left out: {_fmt(b1.get('decode_tokens_per_s'), 0)} vs "
+                f"{_fmt(plain.get('decode_tokens_per_s'), 0)})",
+            )
+        )
+    else:
+        out.append(_target("glmv b1 output tokens/s >= 0.9x plain loop", None, "not measured"))
+
+    c = results.get("cached", {})
+    if "rerun_s" in c:
+        ok = c["rerun_s"] < 2.0 and not c["model_loaded"] and c["rerun_docs_cached"] == c["docs"]
+        detail = f"{c['rerun_s']:.3f} s, model loaded: {'yes' if c['model_loaded'] else 'no'}"
+        out.append(_target("cached re-run of 1,000 docs < 2 s wall", ok, detail))
+    else:
+        out.append(_target("cached re-run of 1,000 docs < 2 s wall", None, c.get("error", "not measured")))
+
+    s = results.get("startup", {})
+    if "help_median_s" in s:
+        out.append(_target("glmv --help < 0.3 s", s["help_median_s"] < 0.3, f"median {s['help_median_s']:.3f} s"))
+    else:
+        out.append(_target("glmv --help < 0.3 s", None, "not measured"))
+
+    r = results.get("rss_scale", {})
+    if "ratio" in r:
+        detail = f"{r['rss_1000_mb']:.0f} / {r['rss_50_mb']:.0f} MB = {r['ratio']:.2f}"
+        out.append(_target("RSS(1000 pages) <= 1.2x RSS(50 pages)", r["ratio"] <= 1.2, detail))
+    else:
+        out.append(_target("RSS(1000 pages) <= 1.2x RSS(50 pages)", None, r.get("error", "not measured")))
+    return out
+
+
+def target_lines(checks: list[dict[str, Any]]) -> str:
+    words = {True: "PASS", False: "FAIL", None: "N/A "}
+    return "\n".join(f"{words[c['passed']]}  {c['target']}: {c['detail']}" for c in checks)
+
+
+def _target(name: str, passed: bool | None, detail: str) -> dict[str, Any]:
+    return {"target": name, "passed": passed, "detail": detail}
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "inf (peer 0)"
