@@ -8,7 +8,6 @@ TINY := build/tiny-glm4v
 
 install:  ## create .venv and install glmv (editable) with the dev tools, CPU torch pinned
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
 
 test:  ## the hermetic test suite (builds the tiny checkpoint once per session)

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import llguidance
+import numpy as np
 import torch
 from transformers import LogitsProcessor
 
@@ -161,13 +162,14 @@ def _bits(device: torch.device) -> torch.Tensor:
 
 
 def apply_bitmask(scores: torch.Tensor, bitmask: torch.Tensor) -> None:
-    """Set disallowed token scores to -inf in place (bit i of word j allows token 32*j+i).
-
-    The packed mask moves to the scores' device (32x smaller than a bool mask) and is unpacked there.
-    """
-    packed = bitmask.to(scores.device, non_blocking=True)
-    bits = _bits(scores.device)
-    allowed = ((packed.unsqueeze(-1) >> bits) & 1).bool().view(packed.shape[0], -1)[:, : scores.shape[1]]
+    """Set disallowed token scores to -inf in place (bit i of word j allows token 32*j+i)."""
+    if scores.device.type == "cpu":  # numpy unpacks bits in about half the time of torch ops
+        bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=-1, bitorder="little").view(np.bool_)
+        allowed = torch.from_numpy(bits)[:, : scores.shape[1]]
+    else:  # move the packed mask (32x smaller than a bool one) and unpack it on the device
+        packed = bitmask.to(scores.device, non_blocking=True)
+        allowed = ((packed.unsqueeze(-1) >> _bits(scores.device)) & 1).bool().view(packed.shape[0], -1)
+        allowed = allowed[:, : scores.shape[1]]
     scores.masked_fill_(~allowed, float("-inf"))
 
 
