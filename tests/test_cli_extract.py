@@ -197,6 +197,7 @@ def test_cache_second_run_loads_no_model(model_env, tmp_path, monkeypatch):
     ]
     first = extract(*args)
     assert first.exit_code == 0
+    assert json.loads((tmp_path / "s.json").read_text())["model_load_s"] > 0
     from glmv_cli.engine import local
 
     def boom(*a, **k):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,14 +31,16 @@ class LazyLocalBackend(Backend):
         self.model_id = model
         self._options = options
         self._real: Backend | None = None
+        self._lock = threading.Lock()  # loader threads may all ask for the backend at once
 
     @property
     def real(self) -> Backend:
-        if self._real is None:
-            from glmv_cli.engine.local import LocalBackend
+        with self._lock:
+            if self._real is None:
+                from glmv_cli.engine.local import LocalBackend
 
-            self._real = LocalBackend(self.model_id, **self._options)
-        return self._real
+                self._real = LocalBackend(self.model_id, **self._options)
+            return self._real
 
     @property
     def load_s(self) -> float:  # type: ignore[override]

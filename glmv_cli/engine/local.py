@@ -75,8 +75,8 @@ class LocalBackend(Backend):
             with _MODELS_LOCK:  # one copy of the weights per process, however many backends
                 if key not in _MODELS:
                     _MODELS[key] = load_model(self.model_id, **self._options)
-                    self.load_s = _MODELS[key].load_s
                 self._loaded = _MODELS[key]
+                self.load_s = self._loaded.load_s
         return self._loaded
 
     @property
