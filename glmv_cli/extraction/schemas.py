@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 import glmv_cli
 from glmv_cli.errors import UsageError
+from glmv_cli.schema_walk import non_null, resolve_ref
 
 FORMS_HINT = (
     "use a built-in name ({names}), ./schemas/NAME.py, file.py, file.py:Model, "
@@ -53,7 +54,7 @@ class ResolvedSchema:
         """(dotted name, type text, description) for every field, nested ones after their parent."""
         schema = self.json_schema()  # a recursive model's schema is a bare $ref into $defs
         out: list[tuple[str, str, str]] = []
-        _walk_fields(schema, _resolve_ref(schema, schema), "", out, _direct_refs(schema))
+        _walk_fields(schema, resolve_ref(schema, schema), "", out, _direct_refs(schema))
         return out
 
 
@@ -391,10 +392,10 @@ def _walk_fields(
 ) -> None:
     for key, sub in node.get("properties", {}).items():
         name = f"{prefix}{key}"
-        target = _non_null(root, sub)
+        target = non_null(root, sub)
         out.append((name, _type_text(root, target), sub.get("description") or target.get("description") or ""))
         if target.get("type") == "array":
-            target = _non_null(root, target.get("items", {}))
+            target = non_null(root, target.get("items", {}))
         refs = _direct_refs(sub)
         if "properties" in target and not refs & seen:  # a recursive model is listed once
             _walk_fields(root, target, f"{name}.", out, seen | refs)
@@ -410,28 +411,6 @@ def _direct_refs(node: Any) -> frozenset[str]:
     return frozenset(refs)
 
 
-def _resolve_ref(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
-    for _ in range(32):  # a bounded loop: a $ref chain may point at itself
-        ref = node.get("$ref")
-        if not isinstance(ref, str) or not ref.startswith("#/"):
-            break
-        target: Any = root
-        for part in ref[2:].split("/"):
-            target = target.get(part, {}) if isinstance(target, dict) else {}
-        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-    return node
-
-
-def _non_null(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
-    """The node with $refs resolved and a nullable anyOf reduced to its non-null branch."""
-    node = _resolve_ref(root, node)
-    for key in ("anyOf", "oneOf"):
-        options = [o for o in node.get(key, []) if o.get("type") != "null"]
-        if len(options) == 1:
-            return _resolve_ref(root, options[0])
-    return node
-
-
 def _type_text(root: dict[str, Any], node: dict[str, Any]) -> str:
     if "enum" in node:
         return "one of " + "|".join(str(v) for v in node["enum"] if v is not None)
@@ -439,12 +418,12 @@ def _type_text(root: dict[str, Any], node: dict[str, Any]) -> str:
     if kind == "string":
         return {"date": "date", "date-time": "datetime"}.get(node.get("format", ""), "str")
     if kind == "array":
-        return f"list[{_type_text(root, _non_null(root, node.get('items', {})))}]"
+        return f"list[{_type_text(root, non_null(root, node.get('items', {})))}]"
     if kind == "object" or "properties" in node:
         return "object"
     names = {"number": "float", "integer": "int", "boolean": "bool", "null": "null"}
     if isinstance(kind, str):
         return names.get(kind, kind)
     if "anyOf" in node:
-        return " or ".join(_type_text(root, _non_null(root, o)) for o in node["anyOf"])
+        return " or ".join(_type_text(root, non_null(root, o)) for o in node["anyOf"])
     return "any"

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from glmv_cli.errors import OutputError, UsageError
 from glmv_cli.records import Record
+from glmv_cli.schema_walk import non_null
 
 FORMATS = ("jsonl", "json", "csv")
 RECORD_COLUMNS = ("file", "pages", "status", "error", "cached")
@@ -231,7 +232,7 @@ class CsvWriter(Writer):
             node = _property(schema, explode)
             if not _is_array(schema, node):
                 raise UsageError(f"Cannot explode {explode!r}: it is not a list")
-            item = _non_null(schema, _non_null(schema, node).get("items", {}))
+            item = non_null(schema, non_null(schema, node).get("items", {}))
             sub = _flat_columns(schema, item, f"{explode}.") if "properties" in item else []
             self.item_columns = sub or [explode]
             i = doc_columns.index(explode)
@@ -375,38 +376,17 @@ def _flatten_data(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _resolve_ref(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
-    for _ in range(32):
-        ref = node.get("$ref")
-        if not isinstance(ref, str) or not ref.startswith("#/"):
-            break
-        target: Any = root
-        for part in ref[2:].split("/"):
-            target = target.get(part, {}) if isinstance(target, dict) else {}
-        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-    return node
-
-
-def _non_null(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
-    node = _resolve_ref(root, node)
-    for key in ("anyOf", "oneOf"):
-        options = [o for o in node.get(key, []) if o.get("type") != "null"]
-        if len(options) == 1:
-            return _resolve_ref(root, options[0])
-    return node
-
-
 def _is_array(root: dict[str, Any], node: dict[str, Any] | None) -> bool:
     if node is None:
         return False
-    kind = _non_null(root, node).get("type")
+    kind = non_null(root, node).get("type")
     return kind == "array" or (isinstance(kind, list) and "array" in kind)
 
 
 def _property(root: dict[str, Any], dotted: str) -> dict[str, Any] | None:
     node: dict[str, Any] | None = root
     for part in dotted.split("."):
-        node = _non_null(root, node or {}).get("properties", {}).get(part)
+        node = non_null(root, node or {}).get("properties", {}).get(part)
     return node
 
 
@@ -415,8 +395,8 @@ def _flat_columns(
 ) -> list[str]:
     """Dotted leaf names in schema order; objects with properties are expanded, lists are leaves."""
     columns: list[str] = []
-    for key, sub in _non_null(root, node).get("properties", {}).items():
-        target = _non_null(root, sub)
+    for key, sub in non_null(root, node).get("properties", {}).items():
+        target = non_null(root, sub)
         refs = _direct_refs(sub)
         if "properties" in target and target.get("type", "object") == "object" and not refs & seen:
             columns += _flat_columns(root, target, f"{prefix}{key}.", seen | refs)
