@@ -23,8 +23,14 @@ def test_every_extract_and_ask_flag_is_documented():
     group = typer.main.get_command(app)
     for command in ("extract", "ask"):
         for param in group.commands[command].params:
-            if isinstance(param, click.Option) and param.name not in ("help", "model", "device", "dtype", "quant",
-                                                                         "revision"):
+            if isinstance(param, click.Option) and param.name not in (
+                "help",
+                "model",
+                "device",
+                "dtype",
+                "quant",
+                "revision",
+            ):
                 assert any(opt in README for opt in param.opts), f"{command} {param.opts}"
 
 
