@@ -91,9 +91,23 @@ def test_streaming_yields_several_chunks(backend):
 
 def test_thinking_then_constrained_json(backend):
     settings = GenerationSettings(max_new_tokens=200, think=True, think_budget=8)
-    gen = backend.generate([Request(images=images()[:1], prompt="x", json_schema=SCHEMA, settings=settings)])[0]
-    assert gen.thinking is not None
+    prompts = []
+    real = backend._prompts
+
+    def spy(requests, think):
+        prompts.extend(real(requests, think))
+        return prompts[-len(requests) :]
+
+    backend._prompts = spy
+    try:
+        gen = backend.generate([Request(images=images()[:1], prompt="x", json_schema=SCHEMA, settings=settings)])[0]
+    finally:
+        del backend._prompts
+    assert gen.thinking is not None and not gen.thinking.startswith("{")  # thinking is free text
     json.loads(gen.text)
+    thinking_prompt, answer_prompt = prompts[-2:]
+    assert "/nothink" not in thinking_prompt and "/nothink" not in answer_prompt
+    assert answer_prompt.startswith(thinking_prompt) and answer_prompt.endswith("</think>\n")
 
 
 def test_cpu_int8_quantisation(tiny_model):

@@ -61,9 +61,6 @@ class LazyLocalBackend(Backend):
     def default_batch_size(self) -> int:
         return self.real.default_batch_size()
 
-    def grammar_setup_s(self) -> float:
-        return getattr(self.real, "grammar_setup_s", lambda: 0.0)() if self._real is not None else 0.0
-
 
 def local_identity(model: str, options: dict[str, Any]) -> dict[str, Any]:
     """What changes a local model's answers; a local folder counts by its weights, not its spelling."""

@@ -94,11 +94,6 @@ class LocalBackend(Backend):
     def identity(self) -> dict[str, Any]:
         return local_identity(self.model_id, self._options)
 
-    def grammar_setup_s(self) -> float:
-        """Seconds spent building the grammar tokenizer and compiling schemas."""
-        grammar = self.loaded.grammar
-        return grammar.setup_s if grammar is not None else 0.0
-
     def default_batch_size(self) -> int:
         if self._batch_size:
             return self._batch_size
@@ -143,13 +138,13 @@ class LocalBackend(Backend):
         settings = requests[0].settings
         budget = settings.think_budget or settings.max_new_tokens
         free = settings.model_copy(update={"max_new_tokens": budget})
-        thoughts = self._run(requests, free, stop_at_think_close=True, think=True)
+        thoughts = self._run(requests, free, stop_at_think_close=True, think=True, constrained=False)
         answers = []
-        answer_settings = settings.model_copy(update={"think": False})
         for req, thought in zip(requests, thoughts, strict=True):
             prefix = f"<think>{thought.thinking or thought.text}{THINK_CLOSE}\n"
-            answers.append(req.model_copy(update={"settings": answer_settings, "assistant_prefix": prefix}))
-        finals = self._run(answers, answer_settings)
+            answers.append(req.model_copy(update={"assistant_prefix": prefix}))
+        # The thinking template (no /nothink), continued after the closed think block.
+        finals = self._run(answers, settings, think=True)
         for final, thought in zip(finals, thoughts, strict=True):
             final.thinking = thought.thinking or thought.text
             final.output_tokens += thought.output_tokens
@@ -201,6 +196,7 @@ class LocalBackend(Backend):
         streamer: BaseStreamer | None = None,
         stop_at_think_close: bool = False,
         think: bool | None = None,
+        constrained: bool = True,
     ) -> list[Generation]:
         lm = self.loaded
         think = settings.think if think is None else think
@@ -216,15 +212,15 @@ class LocalBackend(Backend):
         eos_ids = list(lm.eos_ids)
         if stop_at_think_close:
             eos_ids.append(lm.tokenizer.convert_tokens_to_ids(THINK_CLOSE))
-        matchers = [self.grammar.matcher(r.json_schema) if r.json_schema else None for r in requests]
+        matchers = [self.grammar.matcher(r.json_schema) if r.json_schema and constrained else None for r in requests]
         steps = StepProcessor(
             matchers,
             lm.vocab_size,
             set(eos_ids),
             logprobs=settings.logprobs,
             close_after=[
-                closing_step(settings.max_new_tokens, self.grammar.reserve(r.json_schema)) if r.json_schema else None
-                for r in requests
+                closing_step(settings.max_new_tokens, self.grammar.reserve(r.json_schema)) if m is not None else None
+                for r, m in zip(requests, matchers, strict=True)
             ],
             closer=lambda: self.grammar.closer,
         )
@@ -281,7 +277,9 @@ class LocalBackend(Backend):
         stop = next((n for n, t in enumerate(row) if t in eos_ids), None)
         ids = row[:stop] if stop is not None else row
         raw = tok.decode(ids, skip_special_tokens=False)
-        thinking, text = split_thinking(("<think>" if think else "") + raw)
+        # With thinking on, the answer starts inside a think block, unless the prefix already closed it.
+        opens_thinking = think and THINK_CLOSE not in req.assistant_prefix
+        thinking, text = split_thinking(("<think>" if opens_thinking else "") + raw)
         logprobs = steps.token_logprobs[i][: len(ids)] if req.settings.logprobs else None
         error = steps.errors[i]
         return Generation(
