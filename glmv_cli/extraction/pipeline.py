@@ -288,19 +288,20 @@ class Extractor:
     def _process(self, batch: list[_Job]) -> list[Record]:
         gens = self._generate([j.request for j in batch])
         results: list[Record | None] = [None] * len(batch)
-        retry: list[int] = []
+        retry: dict[int, str] = {}  # batch position -> validation error shown to the model
         for i, (job, gen) in enumerate(zip(batch, gens, strict=True)):
             data, error = self._check(gen)
             if error and self.options.repair and gen.finish_reason != "error":
-                retry.append(i)
+                retry[i] = error
             else:
                 results[i] = self._record(job, [gen], data, error)
         if retry:
-            repairs = []
-            for i in retry:
-                req, gen = batch[i].request, gens[i]
-                _, error = self._check(gen)
-                repairs.append(req.model_copy(update={"prompt": repair_prompt(req.prompt, gen.text, error or "")}))
+            repairs = [
+                batch[i].request.model_copy(
+                    update={"prompt": repair_prompt(batch[i].request.prompt, gens[i].text, error)}
+                )
+                for i, error in retry.items()
+            ]
             for i, gen2 in zip(retry, self._generate(repairs), strict=True):
                 data, error = self._check(gen2)
                 results[i] = self._record(batch[i], [gens[i], gen2], data, error)
