@@ -191,3 +191,15 @@ def test_prepared_requests_collate_like_the_processor(backend):
     assert backend._encoded(changed, think=False)[0]["input_ids"].shape != prepared[0].prepared[1][0]["input_ids"].shape
     gens = backend.generate(prepared)
     assert [g.text for g in gens] == [g.text for g in backend.generate(reqs)]
+
+
+def test_error_rows_may_only_stop():
+    import torch
+
+    from glmv_cli.engine.grammar import StepProcessor, apply_bitmask
+
+    steps = StepProcessor([object()], 128, {5, 31, 63})  # 31 and 63 sit on the sign bit of an int32 word
+    steps._allow_only_eos(0)
+    scores = torch.zeros(1, 128)
+    apply_bitmask(scores, steps.bitmask)
+    assert torch.isfinite(scores[0]).nonzero().flatten().tolist() == [5, 31, 63]

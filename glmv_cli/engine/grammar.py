@@ -205,7 +205,6 @@ class StepProcessor(LogitsProcessor):
         self.errors: list[str | None] = [None] * len(matchers)
         self._done = [False] * len(matchers)
         self._tokens: list[list[int]] = [[] for _ in matchers]  # replayed into _lex if closing starts
-        self._any_matcher = any(m is not None for m in matchers)
         self.finished_at: list[float | None] = [None] * len(matchers)  # when each row chose its stop token
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -263,7 +262,8 @@ class StepProcessor(LogitsProcessor):
     def _allow_only_eos(self, i: int) -> None:
         self.bitmask[i].zero_()
         for token in self.eos_ids:
-            self.bitmask[i, token // 32] |= 1 << (token % 32)
+            bit = 1 << (token % 32)
+            self.bitmask[i, token // 32] |= bit - (1 << 32) if bit >= 1 << 31 else bit  # as a signed int32
 
     def _consume(self, tokens: list[int]) -> None:
         for i, token in enumerate(tokens):
