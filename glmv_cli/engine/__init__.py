@@ -1,0 +1,1 @@
+"""Model backends: the Backend interface, the local transformers backend, constrained decoding."""

@@ -1,0 +1,1 @@
+"""Schema resolution, prompts, constraint schemas, validation and the batch pipeline."""
