@@ -269,3 +269,25 @@ def test_recursive_model_expands_once(tmp_path: Path) -> None:
     )
     fields = [f[0] for f in resolve_schema("tree.py", cwd=tmp_path).fields()]
     assert fields == ["label", "children"], "a model inside itself is not expanded again"
+
+
+def test_builtins_ship_inside_the_package(tmp_path: Path) -> None:
+    """A plain (non-editable) install has no repo-root schemas/: the wheel's copy must be found."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    site = tmp_path / "site"
+    shutil.copytree(root / "glmv_cli", site / "glmv_cli", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(root / "schemas", site / "glmv_cli" / "_builtin_schemas")  # as pyproject force-includes
+    code = "from glmv_cli.extraction.schemas import resolve_schema as r; print(r('invoice').model.__module__)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(site), "PATH": ""},
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
