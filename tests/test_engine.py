@@ -203,3 +203,11 @@ def test_error_rows_may_only_stop():
     scores = torch.zeros(1, 128)
     apply_bitmask(scores, steps.bitmask)
     assert torch.isfinite(scores[0]).nonzero().flatten().tolist() == [5, 31, 63]
+
+
+def test_tiny_checkpoint_is_deterministic(tiny_model, tmp_path):
+    from glmv_cli.engine.tiny import build_tiny
+
+    again = build_tiny(tmp_path / "again")
+    for name in ("model.safetensors", "tokenizer.json", "config.json", "chat_template.jinja"):
+        assert (again / name).read_bytes() == (tiny_model / name).read_bytes(), name
