@@ -169,6 +169,18 @@ def round_figures(
     }
 
 
+# Greedy decoding, with the checkpoint's own sampling defaults switched off.
+GREEDY = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+def glmv_prompt_text(processor: Any, schema: Any) -> str:
+    """glmv's extraction prompt for one image, rendered with the checkpoint's chat template (thinking off)."""
+    from glmv_cli.extraction.prompt import SYSTEM, build_prompt
+
+    messages = chat_messages(SYSTEM, build_prompt(schema))
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, enable_thinking=False)
+
+
 def chat_messages(system: str, prompt: str, images: int = 1) -> list[dict[str, Any]]:
     """The messages glmv's local backend builds: system text, then the images and the prompt."""
     content = [{"type": "image"} for _ in range(images)] + [{"type": "text", "text": prompt}]

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import time
 
-from bench.common import MAX_NEW_TOKENS, ROUNDS, SCHEMA, TINY, bench_images, chat_messages, emit, round_figures
+from bench.common import (
+    GREEDY,
+    MAX_NEW_TOKENS,
+    ROUNDS,
+    SCHEMA,
+    TINY,
+    bench_images,
+    emit,
+    glmv_prompt_text,
+    round_figures,
+)
 
 
 def main() -> None:
@@ -16,7 +26,6 @@ def main() -> None:
     from bench.steps import StepCounter
     from glmv_cli.engine.loader import load_processor
     from glmv_cli.extraction.parse import validate
-    from glmv_cli.extraction.prompt import SYSTEM, build_prompt
     from glmv_cli.extraction.schemas import resolve_schema
 
     processor, _ = load_processor(str(TINY), None)
@@ -24,10 +33,7 @@ def main() -> None:
     load_s = time.perf_counter() - started
 
     schema = resolve_schema(SCHEMA)
-    text = processor.apply_chat_template(
-        chat_messages(SYSTEM, build_prompt(schema)), add_generation_prompt=True, tokenize=False, enable_thinking=False
-    )
-    greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}  # the checkpoint samples
+    text = glmv_prompt_text(processor, schema)
     eos = model.generation_config.eos_token_id
     paths = bench_images()
     rounds = []
@@ -46,7 +52,7 @@ def main() -> None:
                 out = model.generate(
                     **inputs,
                     max_new_tokens=MAX_NEW_TOKENS,
-                    **greedy,
+                    **GREEDY,
                     eos_token_id=eos,
                     pad_token_id=processor.tokenizer.pad_token_id,
                     stopping_criteria=StoppingCriteriaList([counter]),

@@ -14,7 +14,17 @@ import json
 import sys
 import time
 
-from bench.common import MAX_NEW_TOKENS, ROUNDS, SCHEMA, TINY, bench_images, chat_messages, emit, round_figures
+from bench.common import (
+    GREEDY,
+    MAX_NEW_TOKENS,
+    ROUNDS,
+    SCHEMA,
+    TINY,
+    bench_images,
+    emit,
+    glmv_prompt_text,
+    round_figures,
+)
 
 
 def main(variant: str) -> None:
@@ -29,7 +39,6 @@ def main(variant: str) -> None:
     from glmv_cli.engine.loader import load_processor
     from glmv_cli.extraction.constraint import constraint_schema
     from glmv_cli.extraction.parse import validate
-    from glmv_cli.extraction.prompt import SYSTEM, build_prompt
     from glmv_cli.extraction.schemas import resolve_schema
 
     processor, _ = load_processor(str(TINY), None)
@@ -42,10 +51,7 @@ def main(variant: str) -> None:
     output_type = schema.model
     if variant == "strict":
         output_type = JsonSchema(json.dumps(constraint_schema(schema.json_schema())))
-    text = processor.apply_chat_template(
-        chat_messages(SYSTEM, build_prompt(schema)), add_generation_prompt=True, tokenize=False, enable_thinking=False
-    )
-    greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}  # the checkpoint samples
+    text = glmv_prompt_text(processor, schema)
     try:
         t0 = time.perf_counter()
         generator = outlines.Generator(outlines.from_transformers(model, processor), output_type)
@@ -64,7 +70,7 @@ def main(variant: str) -> None:
                     answer = generator(
                         [text, OutlinesImage(img)],
                         max_new_tokens=MAX_NEW_TOKENS,
-                        **greedy,
+                        **GREEDY,
                         stopping_criteria=StoppingCriteriaList([counter]),
                     )
                 decode_s += counter.decode_s()

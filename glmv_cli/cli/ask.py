@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
+from glmv_cli import DEFAULT_MODEL
 from glmv_cli.cli.common import (
-    DEFAULT,
     DeviceOpt,
     DpiOpt,
     DtypeOpt,
@@ -40,7 +40,7 @@ def ask(
     stats: Annotated[bool, typer.Option(help="Print load time, time to first token and tokens/s on stderr.")] = False,
     think: ThinkOpt = False,
     password: PasswordOpt = None,
-    model: ModelOpt = DEFAULT,
+    model: ModelOpt = DEFAULT_MODEL,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     quant: QuantOpt = "auto",

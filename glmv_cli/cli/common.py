@@ -11,7 +11,6 @@ from typing import Annotated, Any
 
 import typer
 
-from glmv_cli import DEFAULT_MODEL
 from glmv_cli.errors import ExitStatus, GlmvError
 
 ModelOpt = Annotated[
@@ -24,8 +23,6 @@ RevisionOpt = Annotated[str | None, typer.Option(help="Hub revision (branch, tag
 ThinkOpt = Annotated[bool, typer.Option("--think/--no-think", help="Let the model reason before answering.")]
 DpiOpt = Annotated[int, typer.Option(min=36, max=600, help="PDF render resolution.")]
 PasswordOpt = Annotated[str | None, typer.Option(envvar="GLMV_PDF_PASSWORD", help="Password for encrypted PDFs.")]
-
-DEFAULT = DEFAULT_MODEL
 
 
 def debug_enabled() -> bool:

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
+from glmv_cli import DEFAULT_MODEL
 from glmv_cli.cli.common import (
-    DEFAULT,
     DeviceOpt,
     DpiOpt,
     DtypeOpt,
@@ -67,7 +67,7 @@ def extract(
     stats_json: Annotated[Path | None, typer.Option(help="Write the run statistics as JSON here.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="One line per document on stderr.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only data and errors.")] = False,
-    model: ModelOpt = DEFAULT,
+    model: ModelOpt = DEFAULT_MODEL,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     quant: QuantOpt = "auto",

@@ -12,8 +12,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from glmv_cli import DEFAULT_MODEL  # noqa: F401 - re-exported for backends
-
 
 class GenerationSettings(BaseModel):
     """Decoding settings; everything here changes the answer, so it is part of cache keys."""

@@ -12,7 +12,8 @@ import torch
 from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
-from glmv_cli.engine.base import DEFAULT_MODEL, Backend, Generation, GenerationSettings, Request
+from glmv_cli import DEFAULT_MODEL
+from glmv_cli.engine.base import Backend, Generation, GenerationSettings, Request
 from glmv_cli.engine.factory import local_identity
 from glmv_cli.engine.grammar import GrammarCompiler, StepProcessor
 from glmv_cli.engine.loader import LoadedModel, load_model
