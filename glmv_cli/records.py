@@ -30,6 +30,7 @@ class Record(BaseModel):
     status: Status
     data: dict[str, Any] | None = None
     error: str | None = None
+    error_code: str | None = None  # stable machine-readable reason for a failure (errors.ERROR_CODES)
     warning: str | None = None  # ok, but worth a look (e.g. the answer was closed early)
     raw: str | None = None  # the model's text, kept on failure
     duplicate_of: str | None = None
