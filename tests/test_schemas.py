@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,14 @@ import pytest
 from pydantic import BaseModel
 
 from glmv_cli.errors import UsageError
-from glmv_cli.extraction.schemas import builtin_names, list_schemas, resolve_schema
+from glmv_cli.extraction.schema_check import check_schema
+from glmv_cli.extraction.schemas import (
+    builtin_dirs,
+    builtin_names,
+    builtin_schemas,
+    local_schema_files,
+    resolve_schema,
+)
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 BUILTINS = ["document", "invoice", "receipt", "screenshot"]
@@ -73,7 +81,9 @@ def test_builtin_resolves_and_is_bounded(name: str, tmp_path: Path) -> None:
 
 def test_builtin_names_and_list() -> None:
     assert builtin_names() == BUILTINS
-    assert [s.name for s in list_schemas(Path("/nonexistent"))] == BUILTINS
+    assert [s.name for s in builtin_schemas()] == BUILTINS
+    assert local_schema_files(Path("/nonexistent")) == []
+    assert local_schema_files(SAMPLES.parent) == [], "the repo's own schemas/ are the built-ins"
 
 
 @pytest.mark.parametrize("stem", sorted(SAMPLE_SCHEMAS))
@@ -107,17 +117,58 @@ def test_fields_order_nested() -> None:
     assert types["line_items"] == "list[object]"
 
 
-def test_user_schema_shadows_builtin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_user_schema_shadows_builtin_only_when_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "schemas").mkdir()
     (tmp_path / "schemas" / "invoice.py").write_text(ORDER_PY.format(desc="mine"))
     monkeypatch.chdir(tmp_path)
     schema = resolve_schema("invoice")
     assert schema.model.__name__ == "Order"  # the root model, not the Item it uses
     assert schema.source == str(tmp_path / "schemas" / "invoice.py")
-    listed = {s.name: s for s in list_schemas()}
-    assert list(listed)[0] == "invoice"
-    assert listed["invoice"].model.__name__ == "Order"
-    assert listed["receipt"].source == "builtin"
+    assert schema.describe() == "invoice (./schemas/invoice.py)"
+    assert local_schema_files() == [tmp_path / "schemas" / "invoice.py"]
+    assert [s.source for s in builtin_schemas()] == ["builtin"] * len(BUILTINS)
+
+
+MARKED_PY = """
+from pathlib import Path
+from pydantic import BaseModel
+Path(__file__).with_name("ran.txt").write_text("executed")
+
+class Local(BaseModel):
+    note: str | None = None
+"""
+
+
+def test_working_folder_schemas_run_only_when_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from glmv_cli.cli import app
+
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "document.py").write_text(MARKED_PY)
+    marker = tmp_path / "schemas" / "ran.txt"
+    monkeypatch.chdir(tmp_path)
+    default = resolve_schema(None, cwd=tmp_path)
+    assert (default.name, default.source, default.describe()) == ("document", "builtin", "document (built-in)")
+    listed = CliRunner().invoke(app, ["schemas"])
+    assert listed.exit_code == 0, listed.output
+    assert "./schemas/document.py" in listed.output and "not loaded" in listed.output
+    assert not marker.exists(), "neither the default nor the listing may run ./schemas/document.py"
+    named = resolve_schema("document", cwd=tmp_path)
+    assert marker.exists() and named.model.__name__ == "Local"
+    assert named.describe() == "document (./schemas/document.py)"
+
+
+def test_stray_schemas_folder_beside_the_package_is_ignored(tmp_path: Path) -> None:
+    """In site-packages a top-level schemas/ belongs to some other distribution: never a built-in."""
+    package = tmp_path / "site" / "glmv_cli"
+    (package / "_builtin_schemas").mkdir(parents=True)
+    (tmp_path / "site" / "schemas").mkdir()
+    assert builtin_dirs(package) == [package / "_builtin_schemas"]
+    (tmp_path / "site" / "pyproject.toml").write_text('[project]\nname = "other"\n')
+    assert builtin_dirs(package) == [package / "_builtin_schemas"]
+    (tmp_path / "site" / "pyproject.toml").write_text('[project]\nname = "glmv"\n')
+    assert builtin_dirs(package) == [package / "_builtin_schemas", tmp_path / "site" / "schemas"]
 
 
 def test_py_file_with_model_name(tmp_path: Path) -> None:
@@ -214,6 +265,100 @@ def test_json_schema_file(tmp_path: Path) -> None:
         resolve_schema("broken.json", cwd=tmp_path)
 
 
+def test_recursive_json_schema_is_usage_error(tmp_path: Path) -> None:
+    node = {"type": "object", "properties": {"child": {"$ref": "#/$defs/Node"}}}
+    spec = {"$defs": {"Node": node}, "properties": {"root": {"$ref": "#/$defs/Node"}}}
+    (tmp_path / "tree.json").write_text(json.dumps(spec))
+    with pytest.raises(UsageError, match="recursive") as info:  # was a RecursionError
+        resolve_schema("tree.json", cwd=tmp_path)
+    assert "#/$defs/Node -> #/$defs/Node" in info.value.one_line()
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ([1, 2], "no top-level object"),
+        ({"type": "array", "properties": {}}, "not an object"),
+        ({"properties": {"a": {"type": 5}}}, "TypeError"),
+        ({"properties": {"a": {"type": "text"}}}, "type 'text'"),
+        ({"properties": {"a": {"$ref": "#/$defs/Missing"}}}, "not found"),
+        ({"properties": {"a": {"type": "string", "pattern": "^(?!x)a$"}}}, "look-around"),
+    ],
+)
+def test_invalid_json_schema_is_usage_error(tmp_path: Path, spec: Any, message: str) -> None:
+    (tmp_path / "bad.json").write_text(json.dumps(spec))
+    with pytest.raises(UsageError, match="bad.json") as info:
+        resolve_schema("bad.json", cwd=tmp_path)
+    assert message in info.value.one_line() and "\n" not in info.value.one_line()
+
+
+def test_recursive_model_fails_the_check(tmp_path: Path) -> None:
+    (tmp_path / "tree.py").write_text(
+        "from __future__ import annotations\n"
+        "from pydantic import BaseModel\n"
+        "class Node(BaseModel):\n    label: str | None = None\n    children: list[Node] | None = None\n"
+    )
+    with pytest.raises(UsageError, match=r"tree.py:Node .* is recursive \(#/\$defs/Node -> #/\$defs/Node\)"):
+        check_schema(resolve_schema("tree.py", cwd=tmp_path))
+
+
+def test_uncompilable_schema_fails_the_check(tmp_path: Path) -> None:
+    (tmp_path / "tags.py").write_text(
+        "from pydantic import BaseModel, Field\n"
+        "class Tags(BaseModel):\n    tags: set[str] | None = Field(None, max_length=3)\n"
+    )
+    with pytest.raises(UsageError, match="cannot be compiled to a grammar: Unimplemented keys.*uniqueItems"):
+        check_schema(resolve_schema("tags.py", cwd=tmp_path))
+    spec = {"properties": {"code": {"type": "string", "maxLength": 9, "pattern": "\\bINV"}}}
+    (tmp_path / "code.json").write_text(json.dumps(spec))
+    resolved = resolve_schema("code.json", cwd=tmp_path)  # Pydantic's regex engine takes \b; llguidance does not
+    with pytest.raises(UsageError, match="code.json .*cannot be compiled") as info:
+        check_schema(resolved)
+    assert "\n" not in info.value.one_line()
+
+
+def test_model_without_json_schema_fails_the_check(tmp_path: Path) -> None:
+    (tmp_path / "odd.py").write_text(
+        "from typing import Callable\nfrom pydantic import BaseModel\n"
+        "class Odd(BaseModel):\n    f: Callable[[], int] | None = None\n"
+    )
+    with pytest.raises(UsageError, match="has no JSON Schema"):
+        check_schema(resolve_schema("odd.py", cwd=tmp_path))
+
+
+@pytest.mark.parametrize("spec", [None, *BUILTINS, "vendor, total float: grand total, due date, paid bool"])
+def test_builtins_and_inline_pass_the_check_quickly(spec: str | None) -> None:
+    resolved = resolve_schema(spec)
+    timings = []
+    for _ in range(3):  # best of three: the machine is shared
+        started = time.perf_counter()
+        check_schema(resolved)
+        timings.append(time.perf_counter() - started)
+    assert min(timings) < 0.2
+
+
+def test_check_loads_no_torch_and_matches_the_engine_options() -> None:
+    import ast
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from glmv_cli.extraction.schema_check import check_schema as c;"
+        "from glmv_cli.extraction.schemas import resolve_schema as r; c(r('invoice'));"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    from glmv_cli.extraction.schema_check import GRAMMAR_OPTIONS
+
+    source = (Path(__file__).resolve().parents[1] / "glmv_cli" / "engine" / "grammar.py").read_text()
+    assigned = {
+        n.targets[0].id: n.value for n in ast.parse(source).body if isinstance(n, ast.Assign) and len(n.targets) == 1
+    }
+    assert ast.literal_eval(assigned["_JSON_OPTIONS"]) == GRAMMAR_OPTIONS, "the check compiles as the engine does"
+
+
 def test_inline_dsl() -> None:
     schema = resolve_schema("vendor, total float: grand total incl. tax, due date, paid bool, n int")
     assert schema.name == "inline" and schema.source == "inline"
@@ -281,7 +426,14 @@ def test_builtins_ship_inside_the_package(tmp_path: Path) -> None:
     site = tmp_path / "site"
     shutil.copytree(root / "glmv_cli", site / "glmv_cli", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(root / "schemas", site / "glmv_cli" / "_builtin_schemas")  # as pyproject force-includes
-    code = "from glmv_cli.extraction.schemas import resolve_schema as r; print(r('invoice').model.__module__)"
+    (site / "schemas").mkdir()  # another distribution's top-level folder: must never run
+    for name in ["invoice", "stray"]:
+        (site / "schemas" / f"{name}.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w')\n")
+    code = (
+        "from glmv_cli.extraction.schemas import resolve_schema as r, builtin_names as n; import sys\n"
+        "print(r('invoice').model.__module__, r(None).describe(), n())\n"
+        "try: r('stray')\nexcept Exception as e: print(type(e).__name__)"
+    )
     proc = subprocess.run(
         [sys.executable, "-c", code],
         cwd=tmp_path,
@@ -291,3 +443,6 @@ def test_builtins_ship_inside_the_package(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[1] == "UsageError"
+    assert "document (built-in)" in proc.stdout and "'stray'" not in proc.stdout
+    assert not (tmp_path / "ran").exists(), "a stray site-packages/schemas/ file ran"

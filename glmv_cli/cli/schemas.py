@@ -16,21 +16,26 @@ app = typer.Typer(help="List the available schemas, or show one as JSON Schema."
 @app.callback(invoke_without_command=True)
 @handle_errors
 def list_all(ctx: typer.Context) -> None:
-    """List built-in schemas and your ./schemas/*.py, with their fields."""
+    """List your ./schemas/*.py (not run) and the built-in schemas with their fields."""
     if ctx.invoked_subcommand is not None:
         return
     from rich.console import Console
     from rich.table import Table
 
-    from glmv_cli.extraction.schemas import list_schemas
+    from glmv_cli.extraction.schemas import DEFAULT_SCHEMA, builtin_schemas, local_schema_files
 
+    local = local_schema_files()
     table = Table(show_header=True, header_style="bold", box=None)
     table.add_column("schema")
     table.add_column("from")
     table.add_column("fields")
-    for schema in list_schemas():
-        fields = ", ".join(name for name, _, _ in schema.fields() if "." not in name)
-        table.add_row(schema.name, schema.source, fields)
+    for path in local:  # listing never executes them: only naming one does
+        table.add_row(path.stem, f"./schemas/{path.name}", f"not loaded: `glmv schemas show {path.stem}` runs it")
+    for schema in builtin_schemas():
+        source = "built-in, the default" if schema.name == DEFAULT_SCHEMA else "built-in"
+        if any(path.stem == schema.name for path in local):
+            source += f" (--schema {schema.name} picks ./schemas/{schema.name}.py)"
+        table.add_row(schema.name, source, ", ".join(name for name, _, _ in schema.fields() if "." not in name))
     Console().print(table)
 
 
@@ -44,6 +49,7 @@ def show(
     from glmv_cli.extraction.schemas import resolve_schema
 
     schema = resolve_schema(name)
+    sys.stderr.write(f"schema: {schema.describe()}\n")
     if fields:
         for field, type_text, desc in schema.fields():
             sys.stdout.write(f"{field}\t{type_text}\t{desc}\n")

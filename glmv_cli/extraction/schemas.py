@@ -7,11 +7,13 @@ import hashlib
 import importlib.util
 import json
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic_core import SchemaError
 
 import glmv_cli
 from glmv_cli.errors import UsageError
@@ -29,6 +31,7 @@ INLINE_TYPES: dict[str, Any] = {
     "date": datetime.date,
     "datetime": datetime.datetime,
 }
+DEFAULT_SCHEMA = "document"  # always the built-in: a default never runs a file from the working folder
 INLINE_STR_MAX = 200
 INLINE_NUMBER_BOUND = 10**12
 
@@ -57,11 +60,33 @@ class ResolvedSchema:
         _walk_fields(schema, resolve_ref(schema, schema), "", out, _direct_refs(schema))
         return out
 
+    def describe(self) -> str:
+        """Where the schema came from, for a stderr line: 'invoice (built-in)', 'x (./schemas/x.py)'."""
+        if self.source in ("builtin", "inline"):
+            return f"{self.name} (built-in)" if self.source == "builtin" else "inline"
+        shown = _shown(Path(self.source))
+        return f"{shown} (JSON Schema)" if self.source.endswith(".json") else f"{self.name} ({shown})"
 
-def builtin_dirs() -> list[Path]:
-    """Where built-in schemas live: packaged data first, then the source tree (editable installs)."""
-    package = Path(glmv_cli.__file__).parent
-    return [package / "_builtin_schemas", package.parent / "schemas"]
+
+def builtin_dirs(package: Path | None = None) -> list[Path]:
+    """Where built-in schemas live: the packaged copy, and glmv's own source tree (editable installs).
+
+    A `schemas/` folder beside the package counts only when it sits in glmv's source tree: in
+    site-packages it would be any other distribution's folder, and its files would run.
+    """
+    package = package or Path(glmv_cli.__file__).parent
+    dirs = [package / "_builtin_schemas"]
+    if _is_glmv_source_tree(package.parent):
+        dirs.append(package.parent / "schemas")
+    return dirs
+
+
+def _is_glmv_source_tree(root: Path) -> bool:
+    try:
+        project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8")).get("project", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    return isinstance(project, dict) and project.get("name") == "glmv"
 
 
 def builtin_names() -> list[str]:
@@ -69,8 +94,24 @@ def builtin_names() -> list[str]:
     return sorted({p.stem for d in builtin_dirs() for p in _schema_files(d)})
 
 
-def resolve_schema(spec: str, cwd: Path | None = None) -> ResolvedSchema:
-    """Turn a --schema value into a ResolvedSchema; every failure is a UsageError."""
+def builtin_schemas() -> list[ResolvedSchema]:
+    """Every built-in schema, loaded (they are glmv's own code)."""
+    return [_builtin(name) for name in builtin_names()]
+
+
+def local_schema_files(cwd: Path | None = None) -> list[Path]:
+    """The user's ./schemas/*.py, not executed: only naming one (`--schema NAME`) runs it."""
+    directory = (cwd or Path.cwd()) / "schemas"
+    return [] if _is_builtin_dir(directory) else _schema_files(directory)
+
+
+def resolve_schema(spec: str | None, cwd: Path | None = None) -> ResolvedSchema:
+    """Turn a --schema value (None: the built-in default) into a ResolvedSchema; every failure is a UsageError.
+
+    Only a file the user names runs: `file.py`, or `NAME` finding ./schemas/NAME.py before the built-ins.
+    """
+    if spec is None:
+        return _builtin(DEFAULT_SCHEMA)
     cwd = cwd or Path.cwd()
     spec = spec.strip()
     file_part, _, attr = spec.rpartition(":")
@@ -85,25 +126,28 @@ def resolve_schema(spec: str, cwd: Path | None = None) -> ResolvedSchema:
         path = _existing(cwd, spec)
         return ResolvedSchema(path.stem, model_from_json_schema(path), str(path))
     if spec.isidentifier():
-        found = _find_named(spec, cwd)
+        found = _find_named(spec, [cwd / "schemas", *builtin_dirs()])
         if found:
             return found
     elif "," in spec or any(c.isspace() for c in spec):
         return ResolvedSchema("inline", model_from_dsl(spec), "inline")
+    return _unknown(spec)
+
+
+def _builtin(name: str) -> ResolvedSchema:
+    return _find_named(name, builtin_dirs()) or _unknown(name)
+
+
+def _unknown(spec: str) -> ResolvedSchema:
     raise UsageError(f"Unknown schema {spec!r}", hint=FORMS_HINT.format(names=", ".join(builtin_names())))
 
 
-def list_schemas(cwd: Path | None = None) -> list[ResolvedSchema]:
-    """The user's ./schemas/*.py, then the built-ins they do not shadow."""
-    cwd = cwd or Path.cwd()
-    seen: set[str] = set()
-    out: list[ResolvedSchema] = []
-    for directory in [cwd / "schemas", *builtin_dirs()]:
-        for path in _schema_files(directory):
-            if path.stem not in seen:
-                seen.add(path.stem)
-                out.append(_named(path))
-    return out
+def _shown(path: Path) -> str:
+    """The path relative to the working folder when inside it (./schemas/x.py), else absolute."""
+    try:
+        return f"./{path.resolve().relative_to(Path.cwd().resolve()).as_posix()}"
+    except ValueError:
+        return str(path)
 
 
 # --- .py files ---------------------------------------------------------------------------
@@ -115,17 +159,19 @@ def _schema_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("*.py") if not p.name.startswith("_"))
 
 
-def _find_named(name: str, cwd: Path) -> ResolvedSchema | None:
-    for directory in [cwd / "schemas", *builtin_dirs()]:
+def _find_named(name: str, directories: list[Path]) -> ResolvedSchema | None:
+    for directory in directories:
         path = directory / f"{name}.py"
         if path.is_file():
-            return _named(path)
+            return ResolvedSchema(
+                name, _model_from_file(path), "builtin" if _is_builtin_dir(path.parent) else str(path)
+            )
     return None
 
 
-def _named(path: Path) -> ResolvedSchema:
-    builtin = any(path.parent.resolve() == d.resolve() for d in builtin_dirs() if d.is_dir())
-    return ResolvedSchema(path.stem, _model_from_file(path), "builtin" if builtin else str(path))
+def _is_builtin_dir(directory: Path) -> bool:
+    """True for a built-in folder (./schemas in glmv's own source tree is one)."""
+    return directory.is_dir() and any(directory.resolve() == d.resolve() for d in builtin_dirs() if d.is_dir())
 
 
 def _existing(cwd: Path, text: str) -> Path:
@@ -285,10 +331,64 @@ def model_from_json_schema(path: Path) -> type[BaseModel]:
         schema = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"Cannot read JSON Schema {path}: {exc}") from exc
-    if not isinstance(schema, dict) or "properties" not in schema:
+    if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
         raise UsageError(f"JSON Schema {path} has no top-level object 'properties'")
+    if schema.get("type", "object") != "object":
+        raise UsageError(f"JSON Schema {path} is not an object (type {schema['type']!r})")
+    cycle = ref_cycle(schema)
+    if cycle:
+        raise recursive_error(path.name, cycle)
     builder = _JsonSchemaModels(schema, path)
-    return builder.model(schema, _model_name(schema.get("title"), path.stem))
+    try:
+        return builder.model(schema, _model_name(schema.get("title"), path.stem))
+    except SchemaError as exc:  # pydantic-core rejects a keyword, e.g. a regex with look-around
+        raise builder.fail(str(exc).strip().splitlines()[-1]) from exc
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # malformed keywords, e.g. "type": 5
+        raise builder.fail(_one_line(exc)) from exc
+
+
+def ref_cycle(schema: dict[str, Any]) -> list[str] | None:
+    """A chain of local $refs that leads back into itself (['#/$defs/Node', '#/$defs/Node']), or None."""
+    explored: set[str] = set()
+
+    def visit(node: Any, chain: list[str]) -> list[str] | None:
+        children = node if isinstance(node, list) else []
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#") and ref not in explored:
+                if ref in chain:
+                    return chain[chain.index(ref) :] + [ref]
+                found = visit(json_pointer(schema, ref), [*chain, ref])
+                if found:
+                    return found
+                explored.add(ref)
+            # $defs are visited through the $refs that use them; unused ones never reach a grammar
+            children = [v for k, v in node.items() if k not in ("$defs", "definitions")]
+        return next((found for child in children if (found := visit(child, chain))), None)
+
+    return visit(schema, ["#"])
+
+
+def json_pointer(root: Any, ref: str) -> Any:
+    """The node a local $ref ('#/$defs/Node') points at, or None."""
+    node, path = root, ref.removeprefix("#").removeprefix("/")
+    for part in path.split("/") if path else []:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def recursive_error(name: str, cycle: list[str]) -> UsageError:
+    """The usage error for a schema whose answers could nest without end."""
+    return UsageError(
+        f"Schema {name} is recursive ({' -> '.join(cycle)}): a constrained answer must have a bounded depth",
+        hint="unroll the self-reference into a fixed number of nested levels",
+    )
 
 
 def _model_name(title: Any, fallback: str) -> str:
@@ -313,13 +413,9 @@ class _JsonSchemaModels:
             ref = node.get("$ref")
             if ref is None:
                 break
-            target: Any = self.root
-            for part in str(ref).removeprefix("#/").split("/"):
-                if not str(ref).startswith("#/") or not isinstance(target, dict):
-                    raise self.fail(f"$ref {ref!r}")
-                target = target.get(part)
+            target = json_pointer(self.root, ref) if isinstance(ref, str) and ref.startswith("#") else None
             if not isinstance(target, dict):
-                raise self.fail(f"$ref {ref!r} not found")
+                raise self.fail(f"$ref {ref!r} not found (only local '#/...' references are read)")
             node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
         for key in ("anyOf", "oneOf"):
             if key in node:
