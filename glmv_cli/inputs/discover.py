@@ -8,6 +8,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from glmv_cli.errors import InputError
+from glmv_cli.inputs.read import read_head
 from glmv_cli.inputs.sniff import SNIFF_BYTES, SUPPORTED_EXTENSIONS, sniff_kind
 
 
@@ -15,22 +16,29 @@ def discover(
     paths: Sequence[str | Path],
     glob: list[str] | None = None,
     exclude: list[str] | None = None,
-    skip: Iterable[Path] = frozenset(),
+    skip: Iterable[str | Path] = frozenset(),
+    follow_symlinks: bool = False,
 ) -> list[Path]:
-    """Expand files and folders into documents: argument order, each folder sorted, no repeats."""
-    never = {Path(p).resolve() for p in skip}
-    seen: set[Path] = set()
+    """Expand files and folders into documents: argument order, each folder sorted, no repeats.
+
+    Never opens anything but regular files, so loops, dangling links, FIFOs and devices cannot
+    hang or crash it. Entries named like documents are kept whatever they are: reading them
+    (read_file) turns each into a failed record with a reason, rather than a silent skip.
+    """
+    # os.path.realpath, unlike Path.resolve, does not raise on symlink loops.
+    never = {os.path.realpath(p) for p in skip}
+    seen: set[str] = set()
     found: list[Path] = []
     for given in map(Path, paths):
         if given.is_dir():
-            candidates = [(p, p.relative_to(given).as_posix()) for p in _walk(given)]
-        elif given.exists():
-            # Named explicitly: kept even if hidden or oddly named; loading reports problems.
+            candidates = [(p, p.relative_to(given).as_posix()) for p in _walk(given, follow_symlinks)]
+        elif os.path.lexists(given):
+            # Named explicitly: kept even if hidden, oddly named or a broken link; reading reports problems.
             candidates = [(given, given.as_posix())]
         else:
-            raise InputError(f"No such file or directory: {given}")
+            raise InputError(f"No such file or directory: {given}", code="file_unreadable")
         for path, rel in candidates:
-            key = path.resolve()
+            key = os.path.realpath(path)
             if key in seen or key in never or not _wanted(rel, path.name, glob, exclude):
                 continue
             seen.add(key)
@@ -38,11 +46,18 @@ def discover(
     return found
 
 
-def _walk(root: Path) -> list[Path]:
+def _walk(root: Path, follow_symlinks: bool) -> list[Path]:
     documents = []
-    # os.walk does not follow symlinked folders, so a link loop cannot trap us.
-    for folder, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    visited: set[str] = set()
+    # Without follow_symlinks os.walk does not descend symlinked folders; with it, a folder
+    # already walked (by its real path) is not walked again, so a link loop ends.
+    for folder, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
+        real = os.path.realpath(folder)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # same walk, same names, every run
         for name in filenames:
             path = Path(folder, name)
             if not name.startswith(".") and _is_document(path):
@@ -54,9 +69,8 @@ def _is_document(path: Path) -> bool:
     if path.suffix.lower() in SUPPORTED_EXTENSIONS:
         return True
     try:
-        with path.open("rb") as fh:
-            return sniff_kind(fh.read(SNIFF_BYTES)) is not None
-    except OSError:  # unreadable and not named like a document: not ours to report
+        return sniff_kind(read_head(path, SNIFF_BYTES)) is not None
+    except InputError:  # not a regular file, or unreadable, and not named like a document: not ours
         return False
 
 
