@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from glmv_cli.inputs.pages import format_page_ranges
+
 
 @dataclass
 class Page:
@@ -25,3 +27,15 @@ class Document:
     kind: str  # "image" or "pdf"
     pages: list[Page] = field(default_factory=list)
     total_pages: int = 0  # pages in the source, before selection
+    selected: int = 0  # pages the request (or "all") selects, before the --max-pages cap
+
+    def page_limit_note(self, max_pages: int) -> str | None:
+        """A one-line warning when --max-pages dropped selected pages, e.g. "117 pages; used 1-8; raise --max-pages"."""
+        if self.selected <= max_pages:
+            return None
+        if self.selected == self.total_pages:
+            what = f"{self.total_pages} pages"
+        else:
+            what = f"{self.selected} of {self.total_pages} pages selected"
+        used = format_page_ranges([p.number for p in self.pages])
+        return f"{what}; used {used}; raise --max-pages"

@@ -29,7 +29,7 @@ def parse_page_spec(spec: str | None) -> list[int] | None:
 
 
 def select_pages(pages: list[int] | None, total: int, max_pages: int) -> list[int]:
-    """Pages to load: the requested ones that exist, else the first `max_pages`.
+    """Pages to load: the first `max_pages` of the requested ones that exist, else of all.
 
     Lenient on purpose: `--pages 1-3` over a folder means "up to the first three" for a
     two-page PDF or a one-page image; only a selection matching no page at all is an error.
@@ -39,5 +39,21 @@ def select_pages(pages: list[int] | None, total: int, max_pages: int) -> list[in
     present = sorted({n for n in pages if 1 <= n <= total})
     if not present:
         noun = "page" if total == 1 else "pages"
-        raise InputError(f"page {pages[0]} out of range (document has {total} {noun})")
-    return present
+        raise InputError(f"page {pages[0]} out of range (document has {total} {noun})", code="page_out_of_range")
+    return present[:max_pages]  # --max-pages bounds an explicit selection too
+
+
+def count_selected(pages: list[int] | None, total: int) -> int:
+    """How many pages a request selects in a document of `total` pages, before --max-pages."""
+    return total if not pages else len({n for n in pages if 1 <= n <= total})
+
+
+def format_page_ranges(numbers: list[int]) -> str:
+    """Sorted page numbers as a compact spec, the inverse of parse_page_spec: [1, 2, 3, 5] -> "1-3,5"."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in runs)
