@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import threading
 import warnings
 
@@ -26,7 +27,7 @@ def load_image(data: bytes, *, pages: list[int] | None, max_pages: int, max_pixe
             # Only TIFF frames are pages; GIF/WebP/PNG frames are animation.
             total = getattr(img, "n_frames", 1) if img.format == "TIFF" else 1
         except Exception:  # a broken IFD chain; Pillow raises many types here
-            raise InputError("corrupt TIFF (cannot count its pages)") from None
+            raise InputError("corrupt TIFF (cannot count its pages)", code="image_corrupt") from None
         numbers = select_pages(pages, total, max_pages)
         return [Page(n, _decode_frame(img, n, max_pixels)) for n in numbers], total
 
@@ -43,6 +44,49 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def fit_for_vision(
+    image: Image.Image, *, max_pixels: int | None = None, patch: int = 28, max_aspect: float = 100.0
+) -> Image.Image:
+    """An RGB copy a vision processor accepts: within max_pixels, each side >= patch, long/short <= max_aspect.
+
+    Shrinks (keeping the aspect) to fit max_pixels, then pads with white instead of stretching,
+    so a 1x3000 strip or a hairline PDF page keeps its content (GLM's processor refuses ratios
+    over 200, and sides under one patch).
+    """
+    img = to_rgb(image)
+    size, canvas = _fitted_size(img.width, img.height, max_pixels, patch, max_aspect)
+    if size != img.size:
+        img = img.resize(size, Image.Resampling.LANCZOS)
+    if canvas == img.size:
+        return img
+    padded = Image.new("RGB", canvas, "white")
+    padded.paste(img, ((canvas[0] - size[0]) // 2, (canvas[1] - size[1]) // 2))
+    return padded
+
+
+def _fitted_size(
+    width: int, height: int, max_pixels: int | None, patch: int, max_aspect: float
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    # Shrink until the padded canvas, not just the image, fits max_pixels; each pass floors
+    # a side that is over 1 px, so this ends (at 1x1 when max_pixels is below patch**2).
+    while True:
+        canvas = _padded(width, height, patch, max_aspect)
+        area = canvas[0] * canvas[1]
+        if not max_pixels or area <= max_pixels or (width, height) == (1, 1):
+            return (width, height), canvas
+        scale = math.sqrt(max_pixels / area)
+        width, height = max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def _padded(width: int, height: int, patch: int, max_aspect: float) -> tuple[int, int]:
+    width, height = max(width, patch), max(height, patch)
+    if width > height * max_aspect:
+        height = math.ceil(width / max_aspect)
+    elif height > width * max_aspect:
+        width = math.ceil(height / max_aspect)
+    return width, height
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
@@ -53,23 +97,26 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombWarning:  # over Pillow's MAX_IMAGE_PIXELS
         at_least = Image.MAX_IMAGE_PIXELS or 0
     except Exception:  # Pillow signals a bad header with many exception types
-        raise InputError("corrupt or unsupported image") from None
-    raise InputError(_too_large(_declared_size(data), max_pixels, at_least))
+        raise InputError("corrupt or unsupported image", code="image_corrupt") from None
+    raise InputError(_too_large(_declared_size(data), max_pixels, at_least), code="image_too_large")
 
 
 def _decode_frame(img: Image.Image, number: int, max_pixels: int) -> Image.Image:
     try:
         img.seek(number - 1)
     except Exception:
-        raise InputError(f"corrupt {img.format} image (cannot read page {number})") from None
+        raise InputError(f"corrupt {img.format} image (cannot read page {number})", code="image_corrupt") from None
     # img.size comes from the header: refuse before load() allocates the pixels.
     if img.width * img.height > max_pixels:
-        raise InputError(_too_large(img.size, max_pixels))
+        raise InputError(_too_large(img.size, max_pixels), code="image_too_large")
     try:
         img.load()  # decode now, so truncated data fails here rather than in the model
         return to_rgb(ImageOps.exif_transpose(img))
-    except Exception:
-        raise InputError(f"corrupt or truncated {img.format} image") from None
+    except Exception as exc:
+        # Pillow's only sign of a short file is this OSError text ("image file is truncated (...)").
+        if isinstance(exc, (OSError, EOFError)) and "truncated" in str(exc):
+            raise InputError(f"truncated {img.format} image (the file ends early)", code="file_truncated") from None
+        raise InputError(f"corrupt {img.format} image (cannot decode it)", code="image_corrupt") from None
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
