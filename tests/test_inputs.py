@@ -1,7 +1,8 @@
-"""Tests for glmv_cli.inputs: discovery, page specs, safe image and PDF loading."""
+"""Tests for glmv_cli.inputs: page specs, safe image and PDF loading, fitting pages for the model."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 from concurrent.futures import ThreadPoolExecutor
@@ -11,15 +12,19 @@ import pypdfium2 as pdfium
 import pytest
 from PIL import Image
 
-from glmv_cli.errors import InputError, UsageError
+from glmv_cli.errors import ERROR_CODES, InputError, UsageError
 from glmv_cli.inputs import (
     SUPPORTED_EXTENSIONS,
+    Document,
     discover,
+    fit_for_vision,
+    format_page_ranges,
     load_document,
     parse_page_spec,
     sniff_kind,
 )
 from glmv_cli.inputs.images import to_rgb
+from glmv_cli.inputs.pages import count_selected, select_pages
 from glmv_cli.inputs.pdf import capped_scale
 
 CORPUS = Path(__file__).parents[2] / "shared" / "corpus"
@@ -88,6 +93,7 @@ def text_pdf() -> bytes:
 
 
 def assert_one_line(exc: InputError) -> None:
+    assert exc.code in ERROR_CODES and exc.code != "load_failed", exc.code
     text = exc.one_line()
     assert text and "\n" not in text and len(text) < 200
     assert "Traceback" not in text and "Pdfium" not in text and "PIL" not in text
@@ -117,6 +123,39 @@ def test_parse_page_spec(spec, expected):
 def test_parse_page_spec_rejects(spec):
     with pytest.raises(UsageError):
         parse_page_spec(spec)
+
+
+def test_select_pages_caps_explicit_selections_too():
+    assert select_pages(None, 117, 8) == list(range(1, 9))
+    assert select_pages(list(range(1, 100_001)), 117, 8) == list(range(1, 9))  # --pages 1-100000
+    assert select_pages([2, 5, 9, 200], 10, 2) == [2, 5]
+    with pytest.raises(InputError, match=r"page 3 out of range \(document has 2 pages\)") as info:
+        select_pages([3], 2, 8)
+    assert info.value.code == "page_out_of_range"
+    assert (count_selected(None, 117), count_selected(list(range(1, 21)), 117), count_selected([5, 200], 10)) == (
+        117,
+        20,
+        1,
+    )
+
+
+def test_format_page_ranges_inverts_parse_page_spec():
+    assert format_page_ranges([1, 2, 3, 5]) == "1-3,5"
+    assert format_page_ranges([4]) == "4"
+    assert format_page_ranges([]) == ""
+    assert parse_page_spec(format_page_ranges([1, 2, 4, 6, 7, 8])) == [1, 2, 4, 6, 7, 8]
+
+
+def test_page_limit_note():
+    data = blank_pdf(*[(72, 72)] * 12)
+    doc = load_document(data, dpi=10, max_pages=8)
+    assert (doc.total_pages, doc.selected, len(doc.pages)) == (12, 12, 8)
+    assert doc.page_limit_note(8) == "12 pages; used 1-8; raise --max-pages"
+    doc = load_document(data, dpi=10, max_pages=3, pages=[2, 4, 5, 6, 11])
+    assert [p.number for p in doc.pages] == [2, 4, 5]
+    assert doc.page_limit_note(3) == "5 of 12 pages selected; used 2,4-5; raise --max-pages"
+    assert load_document(data, dpi=10, max_pages=20).page_limit_note(20) is None
+    assert Document(path="-", sha256="", kind="image", total_pages=1, selected=1).page_limit_note(8) is None
 
 
 # ---- sniffing and images ----------------------------------------------------
@@ -155,16 +194,18 @@ def test_content_decides_not_extension(tmp_path):
     assert load_document(path).pages[0].image.size == (5, 5)
     notes = tmp_path / "notes.png"
     notes.write_text("not an image at all")
-    with pytest.raises(InputError, match="not an image or PDF"):
+    with pytest.raises(InputError, match="not an image or PDF") as info:
         load_document(notes)
+    assert info.value.code == "unsupported_type"
 
 
 def test_bytes_source_and_display_name():
     data = image_bytes(Image.new("RGB", (4, 4)), "PNG")
     assert load_document(data).path == "-"
     assert load_document(data, name="scan.png").path == "scan.png"
-    with pytest.raises(InputError, match="empty file"):
+    with pytest.raises(InputError, match="empty file") as info:
         load_document(b"")
+    assert info.value.code == "file_empty"
 
 
 def test_exif_orientation_applied(tmp_path):
@@ -222,19 +263,71 @@ def test_multiframe_tiff_pages(tmp_path):
     assert [p.number for p in load_document(path, pages=[3]).pages] == [3]
     assert len(load_document(path, max_pages=2).pages) == 2
     assert [p.number for p in load_document(path, pages=[2, 4]).pages] == [2]  # missing pages are skipped
-    with pytest.raises(InputError, match=r"page 4 out of range \(document has 3 pages\)"):
+    with pytest.raises(InputError, match=r"page 4 out of range \(document has 3 pages\)") as info:
         load_document(path, pages=[4])
+    assert info.value.code == "page_out_of_range"
 
 
 def test_image_pixel_cap_and_truncation(tmp_path):
     data = image_bytes(Image.new("RGB", (100, 100)), "PNG")
-    with pytest.raises(InputError, match=r"image too large: 100x100 px \(limit 0.005 MP\)"):
+    with pytest.raises(InputError, match=r"image too large: 100x100 px \(limit 0.005 MP\)") as info:
         load_document(data, max_pixels=5000)
+    assert info.value.code == "image_too_large"
     noisy = Image.effect_noise((64, 64), 50).convert("RGB")
-    full = image_bytes(noisy, "PNG")
-    with pytest.raises(InputError, match="corrupt or truncated PNG image") as info:
-        load_document(full[: len(full) // 2])
-    assert_one_line(info.value)
+    for fmt in ("PNG", "JPEG", "GIF", "BMP"):
+        full = image_bytes(noisy, fmt)
+        with pytest.raises(InputError, match=f"truncated {fmt} image") as info:
+            load_document(full[: len(full) // 2])
+        assert info.value.code == "file_truncated"
+        assert_one_line(info.value)
+    with pytest.raises(InputError) as info:
+        load_document(b"\x89PNG\r\n\x1a\n" + b"junk" * 20)
+    assert info.value.code == "image_corrupt"
+
+
+# ---- fitting pages for the vision processor ------------------------------------
+
+EXTREME_SIZES = [(1, 1), (1, 3000), (3000, 1), (5000, 20), (27, 27), (20, 2800), (4000, 3000)]
+
+
+def check_fitted(image: Image.Image, max_pixels: int | None = None) -> None:
+    long, short = max(image.size), min(image.size)
+    assert image.mode == "RGB" and short >= 28 and long / short <= 100
+    assert max_pixels is None or image.width * image.height <= max_pixels
+
+
+@pytest.mark.parametrize("size", EXTREME_SIZES)
+def test_fit_for_vision_shapes(size):
+    image = Image.new("L", size, 0)
+    fitted = fit_for_vision(image)
+    check_fitted(fitted)
+    if min(size) >= 28 and max(size) / min(size) <= 100:
+        assert fitted.size == size  # a normal page is left alone
+    # The content is kept whole, padded with white rather than stretched.
+    dark = sum(fitted.convert("L").histogram()[:128])
+    assert dark == size[0] * size[1]
+    check_fitted(fit_for_vision(image, max_pixels=100_000), max_pixels=100_000)
+
+
+def test_fit_for_vision_downscales_within_max_pixels():
+    fitted = fit_for_vision(Image.new("RGB", (4000, 3000), "red"), max_pixels=1_000_000)
+    assert 0.98e6 < fitted.width * fitted.height <= 1e6 and abs(fitted.width / fitted.height - 4 / 3) < 0.01
+    strip = fit_for_vision(Image.new("RGB", (1, 100_000)), max_pixels=50_000)  # padding counts too
+    check_fitted(strip, max_pixels=50_000)
+    tiny = fit_for_vision(Image.new("RGB", (500, 500)), max_pixels=100)  # below one patch: patch wins
+    assert tiny.size == (28, 28)
+    assert fit_for_vision(Image.new("RGB", (1, 1)), patch=14, max_aspect=2.0).size == (14, 14)
+    assert fit_for_vision(Image.new("RGB", (100, 10)), patch=1, max_aspect=2.0).size == (100, 50)
+
+
+def test_glm_processor_accepts_fitted_images(tiny_model):
+    transformers = pytest.importorskip("transformers")
+    processor = transformers.AutoImageProcessor.from_pretrained(tiny_model)
+    with pytest.raises(ValueError, match="aspect ratio"):
+        processor(images=[Image.new("RGB", (1, 3000))])
+    for size in EXTREME_SIZES:
+        out = processor(images=[fit_for_vision(Image.new("RGB", size))])
+        assert out["image_grid_thw"][0][0] == 1
 
 
 # ---- PDFs -------------------------------------------------------------------
@@ -285,68 +378,6 @@ def test_pdf_loads_from_threads():
     with ThreadPoolExecutor(4) as pool:
         docs = list(pool.map(lambda _: load_document(data), range(16)))
     assert {d.pages[0].text for d in docs} == {"Hello\nWorld"}
-
-
-# ---- discovery --------------------------------------------------------------
-
-
-@pytest.fixture
-def tree(tmp_path):
-    png = image_bytes(Image.new("RGB", (2, 2)), "PNG")
-    files = {
-        "a.pdf": blank_pdf((72, 72)),
-        "b.png": png,
-        "Z.PDF": blank_pdf((72, 72)),
-        "noext": png,  # found by content
-        "sub/c.jpg": png,
-        "sub/deeper/d.tiff": png,
-        "sub/notes.json": b"{}",
-        "readme.txt": b"BMW notes",
-        ".hidden.png": png,
-        ".git/x.png": png,
-    }
-    for name, data in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(data)
-    return tmp_path
-
-
-def rel(paths, root):
-    return [p.relative_to(root).as_posix() for p in paths]
-
-
-def test_discover_walks_sorted_skipping_hidden_and_non_documents(tree):
-    expected = ["Z.PDF", "a.pdf", "b.png", "noext", "sub/c.jpg", "sub/deeper/d.tiff"]
-    assert rel(discover([tree]), tree) == expected
-    assert discover([str(tree)]) == discover([tree])
-
-
-def test_discover_given_files_kept_and_deduplicated(tree):
-    hidden = tree / ".hidden.png"
-    assert discover([hidden]) == [hidden]
-    found = discover([tree / "b.png", tree / "b.png", tree])
-    assert rel(found, tree)[:2] == ["b.png", "Z.PDF"] and len(found) == 6
-
-
-def test_discover_glob_exclude_and_skip(tree):
-    assert rel(discover([tree], glob=["*.pdf"]), tree) == ["a.pdf"]
-    assert rel(discover([tree], glob=["sub/*"]), tree) == ["sub/c.jpg", "sub/deeper/d.tiff"]
-    assert rel(discover([tree], exclude=["sub/*", "*.png"]), tree) == ["Z.PDF", "a.pdf", "noext"]
-    skipped = discover([tree], skip={(tree / "a.pdf").resolve()})
-    assert "a.pdf" not in rel(skipped, tree)
-
-
-def test_discover_missing_path(tmp_path):
-    with pytest.raises(InputError, match=r"No such file or directory: .*nope"):
-        discover([tmp_path / "nope"])
-
-
-def test_discover_corpus_finds_documents_only():
-    needs_corpus()
-    found = discover([CORPUS])
-    expected = [p for p in CORPUS.rglob("*") if p.is_file() and p.suffix not in {".json", ".md"}]
-    assert sorted(found) == sorted(expected)
-    assert found == sorted(found, key=lambda p: p.relative_to(CORPUS).parts)
 
 
 # ---- the shared corpus --------------------------------------------------------
@@ -406,3 +437,14 @@ def test_whole_corpus_loads():
             load_document(path, password=PASSWORDS.get(path.name))
         except InputError:
             assert path.parent == NASTY and path.name not in NASTY_LOADS
+
+
+def test_every_input_error_has_a_known_code():
+    # Each InputError raised by the inputs layer names a documented code, so records can carry it.
+    for source in sorted(Path(load_document.__code__.co_filename).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "InputError":
+                code = next((k.value for k in node.keywords if k.arg == "code"), None)
+                assert code is not None, f"{source.name}:{node.lineno} InputError without code="
+                if isinstance(code, ast.Constant):  # else passed on from a worker, checked when raised
+                    assert code.value in ERROR_CODES, f"{source.name}:{node.lineno} unknown code {code.value!r}"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from glmv_cli.errors import InputError, UsageError
-from glmv_cli.inputs.document import Document
+from glmv_cli.inputs.document import Document, Page
 from glmv_cli.inputs.images import load_image
-from glmv_cli.inputs.pdf import load_pdf
+from glmv_cli.inputs.pages import count_selected
+from glmv_cli.inputs.pdf import render_in_process
+from glmv_cli.inputs.read import DEFAULT_MAX_FILE_SIZE, read_file, too_large
 from glmv_cli.inputs.sniff import SNIFF_BYTES, sniff_kind
 
 
@@ -22,19 +25,28 @@ def load_document(
     password: str | None = None,
     max_pixels: int = 40_000_000,
     text_layer: bool = True,
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+    roots: Sequence[Path] | None = None,
+    render_pdf: Callable[..., tuple[list[Page], int]] = render_in_process,
 ) -> Document:
-    """Read an image or PDF, typed by content not name; every failure is an InputError."""
-    if dpi < 1 or max_pages < 1 or max_pixels < 1:
-        raise UsageError("dpi, max_pages and max_pixels must be positive")
+    """Read an image or PDF, typed by content not name; every failure is an InputError.
+
+    A path is read with read_file (regular files only, at most max_file_size, inside `roots`).
+    `render_pdf` takes render_in_process's keywords; pass a crash-isolated renderer in a batch.
+    """
+    if dpi < 1 or max_pages < 1 or max_pixels < 1 or max_file_size < 1:
+        raise UsageError("dpi, max_pages, max_pixels and max_file_size must be positive")
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, path = bytes(source), name or "-"
+        if len(data) > max_file_size:
+            raise too_large(len(data), max_file_size)
     else:
-        data, path = _read(Path(source)), name or str(source)
+        data, path = read_file(Path(source), max_bytes=max_file_size, roots=roots), name or str(source)
     if not data:
-        raise InputError("empty file")
+        raise InputError("empty file", code="file_empty")
     kind = sniff_kind(data[:SNIFF_BYTES])
     if kind == "pdf":
-        found, total = load_pdf(
+        found, total = render_pdf(
             data,
             pages=pages,
             dpi=dpi,
@@ -46,19 +58,7 @@ def load_document(
     elif kind == "image":
         found, total = load_image(data, pages=pages, max_pages=max_pages, max_pixels=max_pixels)
     else:
-        raise InputError("not an image or PDF")
+        raise InputError("not an image or PDF", code="unsupported_type")
     sha256 = hashlib.sha256(data).hexdigest()
-    return Document(path=path, sha256=sha256, kind=kind, pages=found, total_pages=total)
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"No such file or directory: {path}") from None
-    except IsADirectoryError:
-        raise InputError(f"is a folder, not a file: {path}") from None
-    except PermissionError:
-        raise InputError(f"permission denied: {path}") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    selected = count_selected(pages, total)
+    return Document(path=path, sha256=sha256, kind=kind, pages=found, total_pages=total, selected=selected)
