@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TINY := build/tiny-glm4v
 
-.PHONY: install test test-gpu lint format tiny demo bench clean
+.PHONY: install test test-gpu lint format tiny demo bench fuzz clean
 
 install:  ## create .venv and install glmv (editable) with the dev tools, CPU torch pinned
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ demo: tiny  ## extract the samples with the tiny checkpoint (values are random: 
 bench: tiny  ## throughput benchmark against a plain transformers loop and outlines
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[bench]"
 	$(BIN)/python bench/run.py
+
+fuzz:  ## 10,000 mutated corpus images and PDFs through the input layer; non-zero on any unexpected outcome
+	$(BIN)/python tools/fuzz_inputs.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
