@@ -107,7 +107,7 @@ def _os_error(path: str | Path, exc: OSError) -> InputError:
     if exc.errno in (errno.ENOENT, errno.ENOTDIR) and os.path.islink(path):
         return InputError("dangling symlink (its target does not exist)", code="not_a_regular_file")
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-        return InputError(f"no such file: {path}", code="file_unreadable")
+        return InputError(f"No such file or directory: {path}", code="file_unreadable")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return InputError("permission denied", code="file_unreadable")
     return InputError(f"cannot open the file: {exc.strerror or exc}", code="file_unreadable")
