@@ -27,6 +27,8 @@ class Record(BaseModel):
 
     file: str
     pages: list[int] = Field(default_factory=list)
+    page_count: int | None = None  # pages in the source document
+    pages_cut: int = 0  # selected pages left out by --max-pages (the warning says which were used)
     status: Status
     data: dict[str, Any] | None = None
     error: str | None = None

@@ -78,7 +78,7 @@ def test_json_array_at_close(tmp_path: Path) -> None:
 def test_format_from_extension_and_unknown(tmp_path: Path) -> None:
     writer = open_writer(None, tmp_path / "x.csv", io.StringIO(), INVOICE)
     writer.close()
-    assert (tmp_path / "x.csv").read_text().startswith("file,pages,status,error,cached,vendor_name")
+    assert (tmp_path / "x.csv").read_text().startswith("file,pages,status,error_code,error,warning,cached,vendor_name")
     with pytest.raises(UsageError):
         open_writer("xml", None, io.StringIO())
 
@@ -89,7 +89,7 @@ def test_csv_flattens_in_schema_order() -> None:
         writer.write(ok(vendor={"name": "Acme", "vat": None}, total=9.5, status="paid", tags=["a", "b"]))
         writer.write(failed())
     header = out.getvalue().splitlines()[0]
-    assert header == "file,pages,status,error,cached,vendor.name,vendor.vat,total,data.status,tags"
+    assert header == "file,pages,status,error_code,error,warning,cached,vendor.name,vendor.vat,total,data.status,tags"
     rows = read_csv(out.getvalue())
     assert rows[0] == {
         "file": "a.pdf",

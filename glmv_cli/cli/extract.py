@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -23,6 +27,9 @@ from glmv_cli.cli.common import (
 )
 from glmv_cli.errors import ExitStatus, InputError, OutputError, UsageError
 
+if TYPE_CHECKING:
+    from glmv_cli.records import Record
+
 TEXT_HINTS = ("auto", "on", "off")
 
 
@@ -30,16 +37,16 @@ TEXT_HINTS = ("auto", "on", "off")
 def extract(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders (walked recursively).", show_default=False)],
     schema: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--schema",
             "-s",
             help=(
                 "Built-in or ./schemas/ NAME, file.py[:Model], file.json (JSON Schema), "
-                "or inline 'vendor, total float'."
+                "or inline 'vendor, total float'. Default: the built-in 'document'."
             ),
         ),
-    ] = "document",
+    ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write here (format from the extension).")
     ] = None,
@@ -49,7 +56,7 @@ def extract(
     glob: Annotated[list[str] | None, typer.Option(help="Only files matching this pattern (repeatable).")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Skip files matching this pattern (repeatable).")] = None,
     pages: Annotated[str | None, typer.Option(help="PDF pages, e.g. 1-3,5 (default: all up to --max-pages).")] = None,
-    max_pages: Annotated[int, typer.Option(min=1, help="Most pages per document.")] = 8,
+    max_pages: Annotated[int, typer.Option(min=1, help="Most pages per document (a warning names the rest).")] = 8,
     dpi: DpiOpt = 150,
     password: PasswordOpt = None,
     text_hint: Annotated[str, typer.Option(help="Give the model a PDF's text layer: auto, on, off.")] = "auto",
@@ -61,6 +68,23 @@ def extract(
         int | None, typer.Option(min=1, help="Documents per model call (default: by memory).")
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Background threads reading and rendering inputs.")] = 2,
+    max_file_size: Annotated[
+        int,
+        typer.Option(
+            min=1, metavar="MB", help="Skip files larger than this (a failed record), checked before reading."
+        ),
+    ] = 256,
+    follow_symlinks: Annotated[
+        bool, typer.Option(help="Follow symlinks that lead out of the folders given (off: a failed record).")
+    ] = False,
+    max_image_tokens: Annotated[
+        int | None,
+        typer.Option(min=4, help="Most visual tokens per page (28x28 px each); larger pages are downscaled first."),
+    ] = None,
+    read_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to read one file before giving up on it.")] = 60,
+    render_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds per page to decode or render before giving up on a document.")
+    ] = 60,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse results of unchanged documents.")] = True,
     refresh: Annotated[bool, typer.Option(help="Recompute every document and update the cache.")] = False,
     repair: Annotated[bool, typer.Option("--repair/--no-repair", help="Retry once when validation fails.")] = True,
@@ -76,15 +100,17 @@ def extract(
     """Extract one validated record per document into JSONL (stdout), JSON or CSV.
 
     Exit codes: 0 all documents ok; 3 some failed (the rest are written); 2 usage error;
-    1 fatal (model cannot load, output not writable).
+    1 fatal (model cannot load, output not writable); 130 interrupted (Ctrl-C: what finished
+    is written; a second Ctrl-C stops at once and leaves a file output as it was).
     """
     from glmv_cli.cache import ResultCache
     from glmv_cli.cli.render import ProgressView, print_stats, stderr_console
     from glmv_cli.engine.base import GenerationSettings
     from glmv_cli.engine.factory import create_backend
     from glmv_cli.extraction.pipeline import ExtractOptions, Extractor
+    from glmv_cli.extraction.schema_check import check_schema
     from glmv_cli.extraction.schemas import resolve_schema
-    from glmv_cli.inputs import discover, parse_page_spec
+    from glmv_cli.inputs import discover, parse_page_spec, roots_of
     from glmv_cli.outputs import DirWriter, RunStats, open_writer
 
     if text_hint not in TEXT_HINTS:
@@ -92,10 +118,11 @@ def extract(
     if output and out_dir:
         raise UsageError("give -o FILE or --out-dir DIR, not both")
     resolved = resolve_schema(schema)
+    check_schema(resolved)  # recursive or uncompilable: a usage error now, not N failures later
     page_list = parse_page_spec(pages)
     skip = {p for p in (output, stats_json) if p is not None}
     try:
-        files = discover(paths, glob=glob, exclude=exclude, skip=skip)
+        files = discover(paths, glob=glob, exclude=exclude, skip=skip, follow_symlinks=follow_symlinks)
     except InputError as exc:  # a PATH argument that does not exist is the caller's mistake
         raise UsageError(exc.message, exc.hint) from exc
     if out_dir is not None:
@@ -108,6 +135,8 @@ def extract(
     dir_writer = DirWriter(out_dir) if out_dir else None
     if dir_writer is None:
         writer = open_writer(fmt, output, sys.stdout, columns_schema=resolved.json_schema(), explode=explode)
+    if not quiet:
+        console.print(f"schema: {resolved.describe()}", markup=False, highlight=False)
     backend = create_backend(model, device=device, dtype=dtype, quant=quant, revision=revision, batch_size=batch_size)
     settings = GenerationSettings(max_new_tokens=max_tokens, think=think, think_budget=think_budget)
     options = ExtractOptions(
@@ -123,29 +152,39 @@ def extract(
         use_cache=cache,
         refresh=refresh,
         workers=workers,
+        max_file_size=max_file_size * 1024 * 1024,
+        roots=None if follow_symlinks else roots_of(paths),
+        max_image_tokens=max_image_tokens,
+        read_timeout=read_timeout,
+        render_timeout=render_timeout,
     )
     extractor = Extractor(backend, resolved, options, cache=ResultCache() if cache else None)
     stats = RunStats()
     stats.start()
     roots = [p for p in paths if p.is_dir()]
     try:
-        with ProgressView(console, total=len(files), verbose=verbose, quiet=quiet) as view:
+        with (
+            ProgressView(console, total=len(files), verbose=verbose, quiet=quiet) as view,
+            _first_interrupt_stops(extractor, console),
+        ):
             for record in extractor.run(files):
                 if dir_writer is not None:
-                    dir_writer.write(record, _relative(Path(record.file), roots))
+                    # One file per record: a file that cannot be written fails that document only.
+                    record = _write_one(lambda r: dir_writer.write(r, _relative(Path(r.file), roots)), record, ())
                 else:
-                    writer.write(record)
+                    record = _write_one(writer.write, record, (OutputError, OSError))
                 stats.add(record)
                 view.update(record)
     except BaseException:
         if writer is not None:
-            writer.abort()  # a crash or Ctrl-C never leaves a half-written output file
+            writer.abort()  # a crash or a second Ctrl-C never leaves a half-written output file
         raise
     if writer is not None:
         writer.close()
     stats.stop()
     stats.model_load_s = backend.load_s or None
     summary = stats.summary()
+    summary["interrupted"] = extractor.stopped
     if not quiet:
         print_stats(console, summary)
     if stats_json is not None:
@@ -153,8 +192,54 @@ def extract(
             stats_json.write_text(json.dumps(summary, indent=2) + "\n")
         except OSError as exc:
             raise OutputError(f"cannot write {stats_json}: {exc.strerror or exc}") from exc
+    if extractor.stopped:
+        console.print(f"interrupted: {stats.done} of {len(files)} documents written; run again to finish")
+        raise typer.Exit(int(ExitStatus.INTERRUPTED))
     if summary["docs_failed"]:
         raise typer.Exit(int(ExitStatus.PARTIAL))
+
+
+def _write_one(write: Callable[[Record], Any], record: Record, fatal: tuple[type[Exception], ...]) -> Record:
+    """Write a record; one that cannot be written becomes a failed record, written in its place.
+
+    `fatal` errors mean the output itself is broken (disk full, closed pipe): they end the run.
+    """
+    try:
+        write(record)
+        return record
+    except fatal:
+        raise
+    except Exception as exc:  # noqa: BLE001 - this record alone (e.g. a value that cannot be serialised)
+        failed = record.model_copy(
+            update={
+                "status": "failed",
+                "data": None,
+                "error": f"record could not be written: {type(exc).__name__}: {' '.join(str(exc).split())}",
+                "error_code": "write_failed",
+            }
+        )
+        write(failed)
+        return failed
+
+
+@contextlib.contextmanager
+def _first_interrupt_stops(extractor: Any, console: Any) -> Iterator[None]:
+    """First Ctrl-C: finish what is in flight, write, exit 130. Second: stop at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if extractor.stopped:
+            raise KeyboardInterrupt
+        extractor.stop()
+        console.print("stopping after the documents in flight (Ctrl-C again to stop at once)")
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -67,7 +67,9 @@ def document_line(record: Record) -> str:
     when = "cached" if record.cached else (f"{took:.2f}s" if took is not None else "-")
     line = f"{record.status:9} {record.file} ({when})"
     if record.status == "failed" and record.error:
-        line += f": {record.error}"
+        line += f": [{record.error_code}] {record.error}"
+    elif record.warning:
+        line += f": warning: {record.warning}"
     elif record.status == "duplicate":
         line += f": same content as {record.duplicate_of}"
     return line
@@ -86,6 +88,7 @@ def stats_table(summary: dict[str, Any]) -> Table:
         ("documents failed", str(summary["docs_failed"])),
         ("duplicates", str(summary["docs_duplicate"])),
         ("from cache", str(summary["docs_cached"])),
+        ("over --max-pages", str(summary["docs_page_limited"])),
         ("pages", str(summary["pages"])),
         ("wall time", _s(summary["wall_s"])),
         ("documents / min", _s(summary["docs_per_min"], "", 1)),

@@ -95,5 +95,9 @@ class Backend(abc.ABC):
     def default_batch_size(self) -> int:
         return 1
 
+    def max_image_pixels(self) -> int | None:
+        """The most pixels per image the model's processor keeps (it downscales above); None if unknown."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""

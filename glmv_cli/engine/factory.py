@@ -61,6 +61,9 @@ class LazyLocalBackend(Backend):
     def default_batch_size(self) -> int:
         return self.real.default_batch_size()
 
+    def max_image_pixels(self) -> int | None:
+        return self.real.max_image_pixels()
+
 
 def local_identity(model: str, options: dict[str, Any]) -> dict[str, Any]:
     """What changes a local model's answers; a local folder counts by its weights, not its spelling."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -105,6 +106,11 @@ class LocalBackend(Backend):
             return max(1, min(16, int(free * 0.6 // (40_000 * 8192))))
         return 8
 
+    def max_image_pixels(self) -> int | None:
+        size = getattr(self.loaded.processor.image_processor, "size", None)
+        longest = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
+        return int(longest) if longest else None
+
     # -- generation ----------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         results: dict[int, Generation] = {}
@@ -124,15 +130,22 @@ class LocalBackend(Backend):
 
     def _generate_group(self, requests: list[Request], streamer: BaseStreamer | None = None) -> list[Generation]:
         settings = requests[0].settings
-        if settings.think and any(r.json_schema for r in requests):
-            return self._think_then_answer(requests)
         try:
+            if settings.think and any(r.json_schema for r in requests):
+                return self._think_then_answer(requests)
             return self._run(requests, settings, streamer=streamer)
-        except Exception as exc:
-            if len(requests) == 1:
-                return [Generation(finish_reason="error", error=_one_line(exc), tag=requests[0].tag)]
-            # One bad row must not sink its batch: retry each alone.
-            return [self._generate_group([r])[0] for r in requests]
+        except Exception as exc:  # noqa: BLE001 - turned into per-row errors below
+            error, out_of_memory = _one_line(exc), _is_out_of_memory(exc)
+        # Outside the except block: the traceback, and the batch tensors its frames hold, are gone.
+        if out_of_memory:
+            _release_memory()
+        if len(requests) == 1:
+            return [Generation(finish_reason="error", error=error, tag=requests[0].tag)]
+        if out_of_memory:  # halve the batch; each half may halve again
+            half = len(requests) // 2
+            return self._generate_group(requests[:half]) + self._generate_group(requests[half:])
+        # One bad row must not sink its batch: retry each alone.
+        return [self._generate_group([r])[0] for r in requests]
 
     def _think_then_answer(self, requests: list[Request]) -> list[Generation]:
         """Free thinking up to a budget, then the constrained JSON after </think>."""
@@ -330,6 +343,16 @@ def _encoding_key(request: Request, think: bool) -> tuple:
 
 def _settings_key(request: Request) -> str:
     return request.settings.model_dump_json()
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,8 +1,10 @@
 """Documents -> records: background loading, cache, batched constrained generation, validation.
 
-Loading (read, hash, cache lookup, decode, render) runs in worker threads feeding a bounded
-queue, so the model rarely waits and memory stays flat however large the folder. Records come
-out in input order, one per document (or per page), whatever happens to any single document.
+Every stage of a document's trip (read, cache, decode/render, preprocess, generate, validate,
+cache store) is a place where that document alone can fail: an exception or a timeout becomes
+its `failed` record with a stable `error_code`, and the batch goes on. Loading runs in watched
+worker threads feeding a bounded queue, so the model rarely waits and memory stays flat. Records
+come out in input order, one per document (or per page), whatever happens to any single one.
 """
 
 from __future__ import annotations
@@ -12,22 +14,24 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from glmv_cli.cache import ResultCache, cache_key
 from glmv_cli.engine.base import Backend, Generation, GenerationSettings, Request
-from glmv_cli.errors import GlmvError
+from glmv_cli.errors import GlmvError, InputError, ModelLoadError, UsageError
 from glmv_cli.extraction.constraint import constraint_schema
+from glmv_cli.extraction.loading import TIMEOUT_CODES, LoaderPool, LoadTask
 from glmv_cli.extraction.parse import validate
 from glmv_cli.extraction.prompt import PROMPT_VERSION, SYSTEM, build_prompt, repair_prompt
 from glmv_cli.extraction.schemas import ResolvedSchema
-from glmv_cli.inputs import Document, load_document
+from glmv_cli.inputs import DEFAULT_MAX_FILE_SIZE, Document, fit_for_vision, load_document, read_file
 from glmv_cli.records import Record, Timings
 
 TEXT_HINT_MIN_CHARS = 20  # `auto`: below this a text layer is noise (scanned page, stray marks)
+VISUAL_TOKEN_PIXELS = 28 * 28  # one visual token per 28x28 px after the processor's resize
+FATAL = (ModelLoadError, UsageError)  # the model cannot run at all: no document could succeed
 
 
 @dataclass
@@ -47,6 +51,11 @@ class ExtractOptions:
     refresh: bool = False
     workers: int = 2
     max_pixels: int = 40_000_000
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    roots: list[Path] | None = None  # files must resolve inside these (None: no confinement)
+    max_image_tokens: int | None = None  # per page; None: the model processor's own maximum
+    read_timeout: float = 60.0  # seconds to read one file
+    render_timeout: float = 60.0  # seconds per page to decode or render
 
 
 @dataclass
@@ -61,6 +70,9 @@ class _Job:
     request: Request
     load_s: float
     pixels: int
+    page_count: int | None = None
+    note: str | None = None  # a warning for the record (e.g. pages over --max-pages)
+    pages_cut: int = 0
 
 
 @dataclass
@@ -73,6 +85,7 @@ class _Prepared:
     key: str | None = None
     records: list[Record] | None = None  # final already: cached, or failed to load
     jobs: list[_Job] = field(default_factory=list)
+    fatal: GlmvError | None = None  # the run cannot go on (the model cannot load)
 
 
 @dataclass
@@ -105,7 +118,17 @@ class Extractor:
         self.cache = cache if self.options.use_cache else None
         self.json_schema = constraint_schema(schema.json_schema())
         self._cache_lock = threading.Lock()
+        self._stop = threading.Event()
         self.model_calls = 0
+
+    # -- stopping --------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Finish the batch in flight, hand out what is complete, and end the run (first Ctrl-C)."""
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
 
     # -- keys ----------------------------------------------------------------------------------
     def _key(self, sha256: str) -> str:
@@ -118,6 +141,7 @@ class Extractor:
                 "dpi": o.dpi,
                 "per_page": o.per_page,
                 "text_hint": o.text_hint,
+                "max_image_tokens": o.max_image_tokens,
                 "schema": self.schema.fingerprint(),
                 "prompt": PROMPT_VERSION,
                 "backend": self.backend.identity(),
@@ -126,23 +150,45 @@ class Extractor:
             }
         )
 
+    def _time_limits(self) -> dict[str, float]:
+        o = self.options
+        render = o.render_timeout * (o.max_pages + 1)  # the renderer's own per-page limit comes first
+        return {"read": o.read_timeout, "cache": 60.0, "decode": render, "preprocess": render}
+
     # -- loading (worker threads) -----------------------------------------------------------------
-    def _prepare(self, index: int, path: str | Path) -> _Prepared:
-        name = str(path)
-        started = time.perf_counter()
+    def _prepare(self, task: LoadTask) -> _Prepared:
+        """Read, look up, decode and preprocess one path; never raises."""
+        name = task.path
         try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            return _Prepared(index, name, records=[self._failed(name, f"cannot read file: {exc.strerror or exc}")])
+            return self._load(task)
+        except FATAL as exc:
+            return _Prepared(task.index, name, fatal=exc)
+        except Exception as exc:  # noqa: BLE001 - a bug in one stage must not stop the batch
+            code = {"read": "read_failed", "cache": "cache_failed", "decode": "load_failed"}
+            return _Prepared(
+                task.index,
+                name,
+                records=[self._failed(name, f"{task.stage} failed: {_one_line(exc)}", code.get(task.stage))],
+            )
+
+    def _load(self, task: LoadTask) -> _Prepared:
+        o, name = self.options, task.path
+        started = time.perf_counter()
+        task.enter("read")
+        try:
+            data = read_file(Path(name), max_bytes=o.max_file_size, roots=o.roots)
+        except InputError as exc:
+            return _Prepared(task.index, name, records=[self._failed(name, exc.one_line(), exc.code)])
         sha = hashlib.sha256(data).hexdigest()
         key = self._key(sha)
-        if self.cache is not None and not self.options.refresh:
+        if self.cache is not None and not o.refresh:
+            task.enter("cache")
             with self._cache_lock:
                 hit = self.cache.get(key)
             if hit is not None:
                 records = [Record.model_validate({**r, "file": name, "cached": True}) for r in hit["records"]]
-                return _Prepared(index, name, sha, key, records=records)
-        o = self.options
+                return _Prepared(task.index, name, sha, key, records=records)
+        task.enter("decode")
         try:
             doc = load_document(
                 data,
@@ -154,30 +200,50 @@ class Extractor:
                 max_pixels=o.max_pixels,
                 text_layer=o.text_hint != "off",
             )
-        except GlmvError as exc:
-            return _Prepared(index, name, sha, key, records=[self._failed(name, exc.one_line(), sha)])
-        except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the batch
-            return _Prepared(index, name, sha, key, records=[self._failed(name, f"cannot load: {exc}", sha)])
-        load_s = time.perf_counter() - started
-        return _Prepared(index, name, sha, key, jobs=self._jobs(index, doc, load_s))
+        except InputError as exc:
+            return _Prepared(task.index, name, sha, key, records=[self._failed(name, exc.one_line(), exc.code, sha)])
+        task.enter("preprocess")
+        try:
+            jobs = self._jobs(task.index, doc, time.perf_counter() - started)
+        except FATAL:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the processor rejected these pages
+            error = f"preprocessing failed: {_one_line(exc)}"
+            return _Prepared(task.index, name, sha, key, records=[self._failed(name, error, "preprocess_failed", sha)])
+        return _Prepared(task.index, name, sha, key, jobs=jobs)
 
     def _jobs(self, index: int, doc: Document, load_s: float) -> list[_Job]:
         groups = [[p] for p in doc.pages] if self.options.per_page else [doc.pages]
+        note = doc.page_limit_note(self.options.max_pages)
+        cut = max(0, doc.selected - len(doc.pages)) if note else 0
+        cap = self._image_pixel_cap()
         jobs = []
         for sub, pages in enumerate(groups):
             hint = self._text_hint(pages)
             prompt = build_prompt(self.schema, pages=len(pages), text_hint=hint)
+            # Pages the processor would refuse (slivers, extreme aspect) are padded, huge ones shrunk.
+            images = [fit_for_vision(p.image, max_pixels=cap) for p in pages]
             request = Request(
-                images=[p.image for p in pages],
+                images=images,
                 prompt=prompt,
                 system=SYSTEM,
                 json_schema=self.json_schema,
                 settings=self.options.settings,
+                tag=doc.path,
             )
             request = self.backend.prepare(request)  # preprocessing here, in the loader thread
-            pixels = sum(p.image.width * p.image.height for p in pages)
-            jobs.append(_Job(index, sub, doc.path, doc.sha256, [p.number for p in pages], request, load_s, pixels))
+            pixels = sum(i.width * i.height for i in images)
+            numbers = [p.number for p in pages]
+            jobs.append(
+                _Job(index, sub, doc.path, doc.sha256, numbers, request, load_s, pixels, doc.total_pages, note, cut)
+            )
         return jobs
+
+    def _image_pixel_cap(self) -> int | None:
+        tokens = self.options.max_image_tokens
+        own = self.backend.max_image_pixels()
+        mine = tokens * VISUAL_TOKEN_PIXELS if tokens else None
+        return min(c for c in (own, mine) if c) if (own or mine) else None
 
     def _text_hint(self, pages: list[Any]) -> str | None:
         if self.options.text_hint == "off":
@@ -189,19 +255,23 @@ class Extractor:
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self, paths: Sequence[str | Path]) -> Iterator[Record]:
-        """Yield one record per document (per page with per_page), in input order."""
+        """Yield one record per document (per page with per_page), in input order.
+
+        After stop(), the batch in flight finishes, the records complete in input order are
+        yielded, and the run ends; the other documents are left for the next run.
+        """
         size = self.options.batch_size  # the backend's default is asked for only once a model is needed
         lookahead = max(4, 2 * (size or 8))
-        pending: queue.Queue[Future[_Prepared] | None] = queue.Queue(maxsize=lookahead)
-        pool = ThreadPoolExecutor(max_workers=max(1, self.options.workers), thread_name_prefix="glmv-load")
-        stop = threading.Event()
+        pending: queue.Queue[LoadTask | None] = queue.Queue(maxsize=lookahead)
+        loader = LoaderPool(self._prepare, self.options.workers)
+        finished = threading.Event()
 
         def produce() -> None:
             try:
                 for index, path in enumerate(paths):
-                    if stop.is_set():
+                    if finished.is_set() or self.stopped:
                         return
-                    pending.put(pool.submit(self._prepare, index, path))
+                    pending.put(loader.submit(index, str(path)))
             finally:
                 pending.put(None)
 
@@ -213,49 +283,52 @@ class Extractor:
         next_out = 0
         done = False
         try:
-            while not done or window:
+            while (not done or window) and not self.stopped:
                 if not done:
-                    done = self._fill(pending, window, states, seen, size or 8)
-                if window:
+                    done = self._fill(pending, loader, window, states, seen, size or 8)
+                if window and not self.stopped:
                     size = size or self.backend.default_batch_size()
                     batch = self._pick_batch(window, size)
                     for job, record in zip(batch, self._process(batch), strict=True):
                         state = states[job.index]
                         state.records[job.sub] = record
                         if state.complete:  # cache now, so an interrupted run keeps this work
-                            self._store(state.key, state.ordered())
+                            self._store(state)
                 while next_out in states and states[next_out].complete:
                     yield from states.pop(next_out).ordered()
                     next_out += 1
         finally:
-            stop.set()
+            finished.set()
             while producer.is_alive():  # unblock the producer so its thread can end
                 try:
                     pending.get_nowait()
                 except queue.Empty:
                     time.sleep(0.01)
-            pool.shutdown(wait=False, cancel_futures=True)
+            loader.close()
             if self.cache is not None:
                 self.cache.finish_run()
 
     def _fill(
         self,
         pending: queue.Queue,
+        loader: LoaderPool,
         window: list[_Job],
         states: dict[int, _DocState],
         seen: dict[str, str],
         want: int,
     ) -> bool:
         """Move ready documents into the window; True once the input is exhausted."""
-        while True:
+        while not self.stopped:
             try:
                 # Block while there is nothing to run; otherwise take only what is ready soon.
-                item = pending.get(timeout=None if not window else 0.05)
+                task = pending.get(timeout=None if not window else 0.05)
             except queue.Empty:
                 return False
-            if item is None:
+            if task is None:
                 return True
-            prep = item.result()
+            prep = self._await(task, loader)
+            if prep.fatal is not None:
+                raise prep.fatal
             if prep.sha256 is not None and prep.sha256 in seen:
                 dup = Record(
                     file=prep.name,
@@ -276,6 +349,18 @@ class Extractor:
                 window.extend(prep.jobs)
             if len(window) >= 2 * want or (not window and prep.index in states):
                 return False  # enough to batch; or a finished record that can go out now
+        return False
+
+    def _await(self, task: LoadTask, loader: LoaderPool) -> _Prepared:
+        """The task's result, or a failed record once a stage overruns its time limit."""
+        limits = self._time_limits()
+        while not task.done.wait(0.05):
+            late = task.overdue(limits)
+            if late and loader.abandon(task):
+                stage, spent = late
+                error = f"{stage} did not finish within {spent:.0f} s; gave up on this document"
+                return _Prepared(task.index, task.path, records=[self._failed(task.path, error, TIMEOUT_CODES[stage])])
+        return task.result
 
     @staticmethod
     def _pick_batch(window: list[_Job], size: int) -> list[_Job]:
@@ -286,11 +371,11 @@ class Extractor:
         return batch
 
     def _process(self, batch: list[_Job]) -> list[Record]:
-        gens = self._generate([j.request for j in batch])
+        gens = self._generate_isolated([j.request for j in batch])
         results: list[Record | None] = [None] * len(batch)
         retry: dict[int, str] = {}  # batch position -> validation error shown to the model
         for i, (job, gen) in enumerate(zip(batch, gens, strict=True)):
-            data, error = self._check(gen)
+            data, error = self._validated(gen)
             if error and self.options.repair and gen.finish_reason != "error":
                 retry[i] = error
             else:
@@ -302,14 +387,31 @@ class Extractor:
                 )
                 for i, error in retry.items()
             ]
-            for i, gen2 in zip(retry, self._generate(repairs), strict=True):
-                data, error = self._check(gen2)
+            for i, gen2 in zip(retry, self._generate_isolated(repairs), strict=True):
+                data, error = self._validated(gen2)
                 results[i] = self._record(batch[i], [gens[i], gen2], data, error)
         return [r for r in results if r is not None]
+
+    def _generate_isolated(self, requests: list[Request]) -> list[Generation]:
+        """Generate a batch; if the call itself fails, each request alone, so one row fails alone."""
+        try:
+            return self._generate(requests)
+        except FATAL:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the backend isolates rows; this is the backstop
+            if len(requests) == 1:
+                return [Generation(finish_reason="error", error=_one_line(exc), tag=requests[0].tag)]
+        return [self._generate_isolated([r])[0] for r in requests]
 
     def _generate(self, requests: list[Request]) -> list[Generation]:
         self.model_calls += 1
         return self.backend.generate(requests)
+
+    def _validated(self, gen: Generation) -> tuple[dict[str, Any] | None, str | None]:
+        try:
+            return self._check(gen)
+        except Exception as exc:  # noqa: BLE001 - e.g. a user validator raising a non-validation error
+            return None, f"validation raised {_one_line(exc)}"
 
     def _check(self, gen: Generation) -> tuple[dict[str, Any] | None, str | None]:
         if gen.error:
@@ -334,19 +436,25 @@ class Extractor:
             output_tokens=output_tokens,
             tokens_per_s=round((output_tokens - len(gens)) / decode_s, 2) if decode_s > 0 else None,
         )
-        warning = None
+        warnings = [job.note] if job.note else []
         if error is None and last.closed_early:
-            warning = (
+            warnings.append(
                 f"the answer reached its token budget ({self.options.settings.max_new_tokens}) and was "
                 "closed early: lists or text may be incomplete (raise --max-tokens)"
             )
+        code = None
+        if error is not None:
+            code = "generation_failed" if last.finish_reason == "error" else "invalid_output"
         return Record(
             file=job.name,
             pages=job.pages,
+            page_count=job.page_count,
+            pages_cut=job.pages_cut,
             status="ok" if error is None else "failed",
             data=data,
             error=error,
-            warning=warning,
+            error_code=code,
+            warning="; ".join(warnings) or None,
             raw=None if error is None else last.text,
             sha256=job.sha256,
             model=self.backend.model_id,
@@ -354,20 +462,37 @@ class Extractor:
             timings=timings,
         )
 
-    def _failed(self, name: str, error: str, sha256: str | None = None) -> Record:
+    def _failed(self, name: str, error: str, code: str | None, sha256: str | None = None) -> Record:
         return Record(
             file=name,
             status="failed",
             error=error,
+            error_code=code or "internal_error",
             sha256=sha256,
             model=self.backend.model_id,
             schema_name=self.schema.name,
         )
 
-    def _store(self, key: str | None, records: list[Record]) -> None:
+    def _store(self, state: _DocState) -> None:
         """Cache a document's records once all are ok (failures are retried next run)."""
-        if self.cache is None or key is None or not records or any(r.status != "ok" or r.cached for r in records):
+        records = state.ordered()
+        if self.cache is None or state.key is None or any(r.status != "ok" or r.cached for r in records):
             return
         payload = {"records": [r.model_dump(mode="json", by_alias=False, exclude={"file", "cached"}) for r in records]}
-        with self._cache_lock:
-            self.cache.put(key, payload, file=records[0].file)
+        try:
+            with self._cache_lock:
+                self.cache.put(state.key, payload, file=records[0].file)
+        except Exception as exc:  # noqa: BLE001 - the answer is kept; only its caching failed
+            for sub, record in state.records.items():
+                state.records[sub] = record.model_copy(
+                    update={
+                        "status": "failed",
+                        "error": f"result could not be cached: {_one_line(exc)}",
+                        "error_code": "cache_failed",
+                    }
+                )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

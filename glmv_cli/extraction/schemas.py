@@ -287,6 +287,11 @@ def model_from_dsl(spec: str) -> type[BaseModel]:
                 hint="write 'name [type][: description]', e.g. 'total float: grand total'",
             )
         name, type_name = words[0], (words[1] if len(words) == 2 else "str")
+        if name.startswith(("_", "model_")) or hasattr(BaseModel, name):
+            raise UsageError(
+                f"Inline field name {name!r} is reserved by Pydantic",
+                hint="pick another name (not starting with _ or model_)",
+            )
         if type_name not in INLINE_TYPES:
             raise UsageError(
                 f"Unknown type {type_name!r} for inline field {name!r}",

@@ -36,6 +36,7 @@ class RunStats:
     docs_failed: int = 0
     docs_duplicate: int = 0
     docs_cached: int = 0
+    docs_page_limited: int = 0  # documents with more pages than --max-pages allowed
     pages: int = 0
     output_tokens: int = 0
     timed_tokens: int = 0  # output tokens of documents whose generate time is known
@@ -59,6 +60,8 @@ class RunStats:
         if record.status == "duplicate":
             self.docs_duplicate += 1
             return
+        if record.pages_cut:
+            self.docs_page_limited += 1
         if record.status == "ok":
             self.docs_ok += 1
         else:
@@ -81,6 +84,11 @@ class RunStats:
         elif t.output_tokens is not None and t.generate:
             self.tokens_per_s.append(t.output_tokens / t.generate)
 
+    @property
+    def done(self) -> int:
+        """Documents finished, duplicates included."""
+        return self.docs_ok + self.docs_failed + self.docs_duplicate
+
     def summary(self) -> dict[str, Any]:
         """Counts, throughput and latencies in seconds; None where nothing was measured.
 
@@ -99,6 +107,7 @@ class RunStats:
             "docs_failed": self.docs_failed,
             "docs_duplicate": self.docs_duplicate,
             "docs_cached": self.docs_cached,
+            "docs_page_limited": self.docs_page_limited,
             "pages": self.pages,
             "wall_s": wall,
             "docs_per_min": done / wall * 60 if wall else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import io
 import json
 import os
@@ -16,7 +17,7 @@ from glmv_cli.records import Record
 from glmv_cli.schema_walk import non_null
 
 FORMATS = ("jsonl", "json", "csv")
-RECORD_COLUMNS = ("file", "pages", "status", "error", "cached")
+RECORD_COLUMNS = ("file", "pages", "status", "error_code", "error", "warning", "cached")
 
 
 def open_writer(
@@ -112,10 +113,30 @@ def _open_sink(path: Path | None, stream: TextIO, append: bool) -> _Sink:
 
 
 def _temp_sink(path: Path) -> _Sink:
-    """A temp file beside `path` (same filesystem, so os.replace is atomic)."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """A temp file beside `path` (same filesystem, so os.replace is atomic), named with our pid."""
+    _remove_stale_temps(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     _copy_mode(Path(name), path)
     return _Sink(os.fdopen(fd, "w", encoding="utf-8", newline=""), path, Path(name))
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temp files that killed runs (kill -9, power loss) left beside `path`."""
+    for temp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = temp.name[len(path.name) + 2 :].partition(".")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _ends_without_newline(path: Path) -> bool:
@@ -243,7 +264,9 @@ class CsvWriter(Writer):
 
     def _write_line(self, values: list[str]) -> None:
         text = io.StringIO()
-        csv.writer(text, lineterminator="\n").writerow(values)
+        # With "\n" lines the csv module leaves a bare "\r" unquoted, which readers then reject.
+        quoting = csv.QUOTE_ALL if any("\r" in v for v in values) else csv.QUOTE_MINIMAL
+        csv.writer(text, lineterminator="\n", quoting=quoting).writerow(values)
         self.sink.write(text.getvalue(), flush=True)
 
     def write(self, record: Record) -> None:
@@ -251,7 +274,9 @@ class CsvWriter(Writer):
             "file": record.file,
             "pages": format_pages(record.pages),
             "status": record.status,
+            "error_code": record.error_code or "",
             "error": record.error or "",
+            "warning": record.warning or "",
             "cached": _cell(record.cached),
         }
         data = record.data or {}
