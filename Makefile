@@ -4,14 +4,17 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TINY := build/tiny-glm4v
 
-.PHONY: install test test-gpu lint format tiny demo bench fuzz clean
+.PHONY: install test test-slow test-gpu lint format tiny demo bench fuzz clean
 
 install:  ## create .venv and install glmv (editable) with the dev tools, CPU torch pinned
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
 
-test:  ## the hermetic test suite (builds the tiny checkpoint once per session)
-	$(BIN)/python -m pytest -q
+test:  ## the hermetic test suite (builds the tiny checkpoint once per session); slow corpus runs excluded
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow:  ## the slow end-to-end runs over ../shared/corpus (e.g. SIGKILL at 5 moments, then re-run)
+	$(BIN)/python -m pytest -q -m slow
 
 test-gpu:  ## tests that need a CUDA GPU (bitsandbytes 4-bit, torchvision processor)
 	$(BIN)/python -m pytest -q -m gpu

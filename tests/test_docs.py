@@ -39,3 +39,14 @@ def test_ci_runs_the_readme_commands():
     test_cmd = re.search(r"## Run the tests\s+```bash\s+(.+?)\n", README).group(1)
     install_cmd = re.search(r"## Set up.*?```bash\s+(\S+ \S+)", README, re.S).group(1)
     assert test_cmd in ci and install_cmd in ci
+
+
+def test_every_error_code_is_documented_and_every_raised_code_is_known():
+    from glmv_cli.errors import ERROR_CODES
+
+    for code in ERROR_CODES:
+        assert f"`{code}`" in README, code
+    used = set()
+    for path in (ROOT / "glmv_cli").rglob("*.py"):
+        used |= set(re.findall(r"""code=["'](\w+)["']""", path.read_text()))
+    assert used <= set(ERROR_CODES), used - set(ERROR_CODES)

@@ -189,6 +189,6 @@ def test_schema_in_cwd_is_not_run(env, tmp_path):
     shutil.copy(SAMPLES / "invoice-acme.png", work / "d" / "a.png")
     proc = glmv("extract", "d", "--max-tokens", "64", env=env, cwd=work)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    assert proc.returncode in (0, 3), stderr  # 64 tokens may cut the random model's answer short
     assert not marker.exists() and "RAN" not in stdout + stderr
     assert "document (built-in)" in stderr
