@@ -26,6 +26,7 @@ ERROR_CODES: dict[str, str] = {
     "file_too_large": "the file is larger than --max-file-size",
     "read_timeout": "reading the file did not finish in time",
     "read_failed": "reading failed for another reason",
+    "url_refused": "the URL is not allowed: scheme, credentials, or a non-public address (see --allow-http)",
     # sniff / decode / render
     "unsupported_type": "not an image or PDF (by content, whatever the name)",
     "image_corrupt": "the image cannot be decoded",

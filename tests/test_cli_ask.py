@@ -119,3 +119,52 @@ def test_usage_errors_exit_2(args):
 def test_python_m_entry_point():
     proc = glmv("--help")
     assert proc.returncode == 0 and b"extract" in proc.stdout
+
+
+def test_url_needs_allow_url():
+    result = runner.invoke(app, ["ask", "https://img.test/a.png", "What?"])
+    assert result.exit_code == 2 and "--allow-url" in result.stderr
+
+
+def test_plain_http_url_needs_allow_http():
+    result = runner.invoke(app, ["ask", "http://img.test/a.png", "What?", "--allow-url"])
+    assert result.exit_code == 2 and "--allow-http" in result.stderr
+
+
+def test_loopback_url_is_refused_in_one_line():
+    result = runner.invoke(app, ["ask", "http://127.0.0.1:9/a.png", "What?", "--allow-url", "--allow-http"])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not a public address" in lines[0] and "Traceback" not in result.output
+
+
+def test_ask_about_a_url(model_env, monkeypatch):
+    """End to end through a server on 127.0.0.1, which only a test-only policy lets through."""
+    import functools
+    import http.server
+    import ipaddress
+    import threading
+
+    from glmv_cli.inputs import urls
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(SAMPLES))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    fetch = functools.partial(
+        urls.fetch_url,
+        resolve=lambda host, port: ["127.0.0.1"] if host == "img.test" else [],
+        policy=lambda ip: ip == ipaddress.ip_address("127.0.0.1"),
+    )
+    monkeypatch.setattr(urls, "fetch_url", fetch)
+    try:
+        link = f"http://img.test:{server.server_port}/invoice-acme.png"
+        result = runner.invoke(
+            app, ["ask", link, "Total?", "--allow-url", "--allow-http", "--json", "--max-tokens", "3"]
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["files"] == [link] and payload["timings"]["prompt_tokens"] > 0

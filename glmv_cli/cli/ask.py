@@ -29,7 +29,8 @@ def ask(
     args: Annotated[
         list[str],
         typer.Argument(
-            metavar="FILE... QUESTION", help="One or more images or PDFs ('-' for stdin), then the question."
+            metavar="FILE... QUESTION",
+            help="One or more images or PDFs ('-' for stdin, or an https URL with --allow-url), then the question.",
         ),
     ],
     page: Annotated[int, typer.Option(min=1, help="PDF page to look at.")] = 1,
@@ -40,6 +41,11 @@ def ask(
     stats: Annotated[bool, typer.Option(help="Print load time, time to first token and tokens/s on stderr.")] = False,
     think: ThinkOpt = False,
     password: PasswordOpt = None,
+    allow_url: Annotated[
+        bool,
+        typer.Option(help="Fetch FILE arguments that are URLs (https, public addresses only, at most 50 MB in 30 s)."),
+    ] = False,
+    allow_http: Annotated[bool, typer.Option(help="With --allow-url, also fetch plain http URLs.")] = False,
     model: ModelOpt = DEFAULT_MODEL,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -50,16 +56,23 @@ def ask(
     from glmv_cli.engine.base import GenerationSettings, Request
     from glmv_cli.engine.factory import create_backend
     from glmv_cli.inputs import load_document
+    from glmv_cli.inputs.urls import fetch_url, is_url
 
     if len(args) < 2:
         raise UsageError("give at least one FILE and a QUESTION", "glmv ask invoice.png 'What is the total?'")
     *files, question = args
     if files.count("-") > 1:
         raise UsageError("stdin ('-') can be given only once")
+    _check_url_flags(files, allow_url, allow_http)
     started = time.perf_counter()
     images = []
     for name in files:
-        source = sys.stdin.buffer.read() if name == "-" else name
+        if name == "-":
+            source: str | bytes = sys.stdin.buffer.read()
+        elif is_url(name):
+            source, _ = fetch_url(name, allow_http=allow_http)
+        else:
+            source = name
         doc = load_document(source, name=name, pages=[page], dpi=dpi, password=password, max_pages=1)
         images.extend(p.image for p in doc.pages)
     load_inputs_s = time.perf_counter() - started
@@ -108,6 +121,18 @@ def ask(
             f"model load {timings['model_load_s']:.2f}s | time to first token {gen.ttft_s or 0:.3f}s | "
             f"{gen.output_tokens} tokens at {gen.tokens_per_s or 0:.1f} tokens/s\n"
         )
+
+
+def _check_url_flags(files: list[str], allow_url: bool, allow_http: bool) -> None:
+    """Refuse URLs up front, before any download or model load, unless the flags allow them."""
+    from glmv_cli.inputs.urls import is_url
+
+    urls = [name for name in files if is_url(name)]
+    if urls and not allow_url:
+        raise UsageError(f"{urls[0]} is a URL: glmv fetches URLs only with --allow-url")
+    plain = [url for url in urls if url.lower().startswith("http://")]
+    if plain and not allow_http:
+        raise UsageError(f"{plain[0]} is plain http: add --allow-http to fetch it")
 
 
 def _round(value: float | None) -> float | None:
