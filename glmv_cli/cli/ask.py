@@ -21,7 +21,7 @@ from glmv_cli.cli.common import (
     ThinkOpt,
     handle_errors,
 )
-from glmv_cli.errors import EngineError, UsageError
+from glmv_cli.errors import EngineError, InputError, UsageError
 
 
 @handle_errors
@@ -55,7 +55,7 @@ def ask(
     """Ask a question about one or more images or PDF pages; the answer streams to stdout."""
     from glmv_cli.engine.base import GenerationSettings, Request
     from glmv_cli.engine.factory import create_backend
-    from glmv_cli.inputs import load_document
+    from glmv_cli.inputs import DEFAULT_MAX_FILE_SIZE, fit_for_vision, load_document
     from glmv_cli.inputs.urls import fetch_url, is_url
 
     if len(args) < 2:
@@ -68,7 +68,9 @@ def ask(
     images = []
     for name in files:
         if name == "-":
-            source: str | bytes = sys.stdin.buffer.read()
+            source: str | bytes = sys.stdin.buffer.read(DEFAULT_MAX_FILE_SIZE + 1)
+            if len(source) > DEFAULT_MAX_FILE_SIZE:
+                raise InputError("stdin holds more than 256 MB", code="file_too_large")
         elif is_url(name):
             source, _ = fetch_url(name, allow_http=allow_http)
         else:
@@ -78,6 +80,9 @@ def ask(
     load_inputs_s = time.perf_counter() - started
 
     backend = create_backend(model, device=device, dtype=dtype, quant=quant, revision=revision)
+    # Slivers and extreme aspect ratios padded, huge pages shrunk: the processor would refuse them.
+    cap = backend.max_image_pixels()
+    images = [fit_for_vision(image, max_pixels=cap) for image in images]
     request = Request(
         images=images,
         prompt=question,
