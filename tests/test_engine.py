@@ -211,3 +211,31 @@ def test_tiny_checkpoint_is_deterministic(tiny_model, tmp_path):
     again = build_tiny(tmp_path / "again")
     for name in ("model.safetensors", "tokenizer.json", "config.json", "chat_template.jinja"):
         assert (again / name).read_bytes() == (tiny_model / name).read_bytes(), name
+
+
+def test_tiny_checkpoint_takes_the_real_text_limits(backend):
+    text = backend.loaded.model.config.text_config
+    assert text.max_position_embeddings == 131072  # the real 128K context: long documents fit as they would
+    head_dim = text.hidden_size // text.num_attention_heads
+    assert head_dim == 64  # vLLM's CPU attention rejects 16
+    rope = text.rope_parameters
+    assert sum(rope["mrope_section"]) == head_dim * rope["partial_rotary_factor"] / 2
+    linears = [m for m in backend.loaded.model.modules() if type(m).__name__ == "Linear"]
+    assert min(m.in_features for m in linears) >= 64  # bitsandbytes 4-bit on CPU needs it
+
+
+def test_tiny_variant_with_real_image_limits(tiny_model, tmp_path):
+    from glmv_cli.engine.loader import load_processor
+    from glmv_cli.engine.tiny import build_tiny
+
+    real = build_tiny(tmp_path / "real", real_image_limits=True)
+    assert (real / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
+
+    def visual_tokens(folder, height, width):
+        image_processor = load_processor(str(folder), None)[0].image_processor
+        return image_processor.get_number_of_image_patches(height, width) // image_processor.merge_size**2
+
+    a4_150dpi = (1754, 1240)
+    assert visual_tokens(tiny_model, *a4_150dpi) <= 256  # the test cap
+    assert 2700 <= visual_tokens(real, *a4_150dpi) <= 2800  # about 2,772, as the real processor gives
+    assert visual_tokens(real, 8000, 8000) <= 7500  # the stock cap: 28 x 28 x 15000 pixels over 2 frames

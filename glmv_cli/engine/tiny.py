@@ -4,14 +4,31 @@ The real code path (AutoModelForImageTextToText, the checkpoint's processor and 
 several EOS ids, left-padded batches) runs against it in a fraction of a second. Values are
 meaningless; shapes, batching, constraints and validation are real.
 
+It keeps the real model's scale where scale changes behaviour: 131,072 positions, and an
+attention head size of 64 (vLLM's CPU attention rejects 16), so the same checkpoint also serves
+in vLLM. Only the image cap is small by default, so tests stay fast; the `real_image_limits`
+variant takes the real processor's cap (thousands of visual tokens per page) for memory and
+throughput benchmarks, with the same weights.
+
     python -m glmv_cli.engine.tiny build/tiny-glm4v
+    python -m glmv_cli.engine.tiny build/tiny-glm4v-real --real-image-limits
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
+
+# The real text limit (GLM-4.6V-Flash's 128K context): a smaller one silently lets a
+# many-page document run past what the model allows.
+MAX_POSITIONS = 131072
+# A head size vLLM's CPU attention accepts: one query head and one KV head of 64.
+HEAD_DIM = 64
+# Visual tokens per image are capped by `longest_edge` (pixels x 2 frames for a still image).
+TEST_LONGEST_EDGE = 28 * 28 * 2 * 256  # at most 256 visual tokens: CPU tests stay fast
+REAL_LONGEST_EDGE = 28 * 28 * 15000  # transformers' Glm46VImageProcessor default: up to 7,500 tokens
+SHORTEST_EDGE = 112 * 112
 
 # GLM-4 special tokens, in the real tokenizer's order (ids there start at 151329).
 SPECIAL_TOKENS = [
@@ -230,8 +247,11 @@ def _build_tokenizer(out: Path) -> int:
     return len(fast)
 
 
-def build_tiny(out: str | Path) -> Path:
-    """Write the tiny checkpoint to `out` (overwriting) and return the folder."""
+def build_tiny(out: str | Path, *, real_image_limits: bool = False) -> Path:
+    """Write the tiny checkpoint to `out` (overwriting) and return the folder.
+
+    real_image_limits: the stock processor's image cap instead of the test cap (same weights).
+    """
     import torch
     from transformers import AutoTokenizer, GenerationConfig, Glm4vConfig, Glm4vForConditionalGeneration
 
@@ -243,21 +263,22 @@ def build_tiny(out: str | Path) -> Path:
     vocab = (n_tokens // 64 + 2) * 64  # padded above the tokenizer, as the real 151,552 is
 
     hidden = 64  # every Linear has in_features >= 64 (bitsandbytes on CPU needs it)
+    heads = hidden // HEAD_DIM
     config = Glm4vConfig(
         text_config={
             "vocab_size": vocab,
             "hidden_size": hidden,
             "intermediate_size": 128,
             "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 4096,
+            "num_attention_heads": heads,
+            "num_key_value_heads": heads,
+            "max_position_embeddings": MAX_POSITIONS,
             "rope_parameters": {
                 "rope_type": "default",
                 "rope_theta": 10000.0,
                 "partial_rotary_factor": 0.5,
-                # head_dim 16 x partial 0.5 / 2 = 4 frequencies, split over (t, h, w)
-                "mrope_section": [2, 1, 1],
+                # head_dim 64 x partial 0.5 / 2 = 16 frequencies, split over (t, h, w)
+                "mrope_section": [8, 4, 4],
             },
             "pad_token_id": ids["<|endoftext|>"],
             "eos_token_id": [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]],
@@ -307,8 +328,10 @@ def build_tiny(out: str | Path) -> Path:
                 "patch_size": 14,
                 "temporal_patch_size": 2,
                 "merge_size": 2,
-                # Small cap so CPU tests stay fast: at most 256 visual tokens per image.
-                "size": {"shortest_edge": 12544, "longest_edge": 28 * 28 * 2 * 256},
+                "size": {
+                    "shortest_edge": SHORTEST_EDGE,
+                    "longest_edge": REAL_LONGEST_EDGE if real_image_limits else TEST_LONGEST_EDGE,
+                },
             },
             indent=2,
         )
@@ -317,9 +340,18 @@ def build_tiny(out: str | Path) -> Path:
     (out / "README.md").write_text(
         "Tiny random-weight GLM-4.6V-architecture checkpoint built by `python -m glmv_cli.engine.tiny`.\n"
         "For tests only: its outputs are meaningless.\n"
+        + ("Image limits: the real processor's (up to 7,500 visual tokens per image).\n" if real_image_limits else "")
     )
     return out
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m glmv_cli.engine.tiny", description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default="build/tiny-glm4v")
+    parser.add_argument("--real-image-limits", action="store_true", help="the stock processor's image cap")
+    args = parser.parse_args(argv)
+    print(build_tiny(args.out, real_image_limits=args.real_image_limits))
+
+
 if __name__ == "__main__":
-    print(build_tiny(sys.argv[1] if len(sys.argv) > 1 else "build/tiny-glm4v"))
+    main()
