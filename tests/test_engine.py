@@ -239,3 +239,63 @@ def test_tiny_variant_with_real_image_limits(tiny_model, tmp_path):
     assert visual_tokens(tiny_model, *a4_150dpi) <= 256  # the test cap
     assert 2700 <= visual_tokens(real, *a4_150dpi) <= 2800  # about 2,772, as the real processor gives
     assert visual_tokens(real, 8000, 8000) <= 7500  # the stock cap: 28 x 28 x 15000 pixels over 2 frames
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """A CUDA GPU of a chosen compute capability and memory, as far as the loader's questions go."""
+    import sys
+    import types
+
+    import torch
+
+    def install(capability, memory_gb=16):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        props = types.SimpleNamespace(total_memory=memory_gb * 2**30)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
+        monkeypatch.setitem(sys.modules, "bitsandbytes", types.ModuleType("bitsandbytes"))  # only imported
+
+    return install
+
+
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [((7, 0), "float16"), ((7, 5), "float16"), ((8, 0), "bfloat16"), ((8, 9), "bfloat16"), ((9, 0), "bfloat16")],
+)
+def test_auto_dtype_follows_the_gpu(fake_gpu, capability, expected):
+    import torch
+
+    from glmv_cli.engine.loader import plan_load
+
+    fake_gpu(capability)  # 16 GB: auto picks 4-bit
+    plan = plan_load()
+    assert plan.device == "cuda" and plan.quant == "4bit"
+    assert plan.dtype == getattr(torch, expected)
+    qconfig = plan.quantization_config
+    assert qconfig.load_in_4bit and qconfig.bnb_4bit_compute_dtype == plan.dtype  # 4-bit computes in the same dtype
+    assert qconfig.llm_int8_skip_modules == ["model.visual", "lm_head"]
+
+
+def test_dtype_flag_overrides_the_gpu(fake_gpu):
+    import torch
+
+    from glmv_cli.engine.loader import plan_load
+
+    fake_gpu((7, 5))
+    plan = plan_load(dtype="bf16", quant="4bit")
+    assert plan.dtype == torch.bfloat16 and plan.quantization_config.bnb_4bit_compute_dtype == torch.bfloat16
+    fake_gpu((9, 0), memory_gb=80)
+    plan = plan_load(dtype="float16")
+    assert plan.quant == "none" and plan.quantization_config is None and plan.dtype == torch.float16
+    with pytest.raises(UsageError, match="unknown --dtype"):
+        plan_load(dtype="fp8")
+
+
+def test_cpu_plan_is_float32_without_bitsandbytes():
+    import torch
+
+    from glmv_cli.engine.loader import plan_load
+
+    plan = plan_load(device="cpu")
+    assert (plan.device, plan.dtype, plan.quant, plan.quantization_config) == ("cpu", torch.float32, "none", None)

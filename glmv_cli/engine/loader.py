@@ -30,6 +30,7 @@ DTYPES = {
 # The vision tower and the output head stay unquantised: a quantised ViT reads garbage values.
 SKIP_QUANT_MODULES = ["model.visual", "lm_head"]
 BIG_GPU_BYTES = 40 * 2**30  # bf16 weights are 20.6 GB; below this, 4-bit leaves room for KV cache
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere and later; T4 (7.5) and V100 (7.0) have no bf16 units
 
 
 @dataclass
@@ -57,9 +58,18 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
+def auto_cuda_dtype(capability: tuple[int, int]) -> torch.dtype:
+    """bf16 on GPUs that compute it natively (compute capability 8.0+), fp16 on older ones (T4, V100)."""
+    return torch.bfloat16 if tuple(capability) >= BF16_MIN_CAPABILITY else torch.float16
+
+
 def pick_dtype(dtype: str, device: str) -> torch.dtype:
+    """--dtype wins; auto is float32 on CPU and the GPU's best half precision on CUDA."""
     if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        if device.startswith("cuda"):
+            # Not torch.cuda.is_bf16_supported(): by default it counts emulated bf16, so says yes on a T4.
+            return auto_cuda_dtype(torch.cuda.get_device_capability(torch.device(device)))
+        return torch.float32
     if dtype not in DTYPES:
         raise UsageError(f"unknown --dtype {dtype!r}", f"choose from auto, {', '.join(sorted(DTYPES))}")
     return DTYPES[dtype]
@@ -159,7 +169,25 @@ def load_processor(source: str, revision: str | None, local_only: bool = True) -
     return processor, "image-only"
 
 
-def _quantization_config(quant: str, device: str):
+@dataclass(frozen=True)
+class LoadPlan:
+    """How the model will be loaded: decided before any weight is read, so it can be tested anywhere."""
+
+    device: str
+    dtype: torch.dtype
+    quant: str
+    quantization_config: Any  # a BitsAndBytesConfig on CUDA, else None
+
+
+def plan_load(device: str = "auto", dtype: str = "auto", quant: str = "auto") -> LoadPlan:
+    """Device, dtype and quantisation from the flags and the hardware; 4-bit computes in the model's dtype."""
+    device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
+    quant = pick_quant(quant, device)
+    return LoadPlan(device, torch_dtype, quant, _quantization_config(quant, device, torch_dtype))
+
+
+def _quantization_config(quant: str, device: str, compute_dtype: torch.dtype):
     if quant == "none":
         return None
     if not device.startswith("cuda"):
@@ -177,7 +205,7 @@ def _quantization_config(quant: str, device: str):
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=compute_dtype,
             bnb_4bit_use_double_quant=True,
             llm_int8_skip_modules=SKIP_QUANT_MODULES,
         )
@@ -211,9 +239,8 @@ def load_model(
     from transformers.utils import logging as hf_logging
 
     started = time.perf_counter()
-    device = pick_device(device)
-    torch_dtype = pick_dtype(dtype, device)
-    quant = pick_quant(quant, device)
+    plan = plan_load(device, dtype, quant)
+    device, torch_dtype, quant, qconfig = plan.device, plan.dtype, plan.quant, plan.quantization_config
     if looks_like_path(model):
         source, local_only = str(_check_folder(model)), True
     else:
@@ -226,7 +253,6 @@ def load_model(
     try:
         processor, kind = load_processor(source, revision, local_only)
         kwargs: dict[str, Any] = {"dtype": torch_dtype, "revision": revision, "local_files_only": local_only}
-        qconfig = _quantization_config(quant, device)
         if qconfig is not None:
             kwargs.update(quantization_config=qconfig, device_map={"": device})
         with warnings.catch_warnings():
