@@ -192,3 +192,18 @@ def test_schema_in_cwd_is_not_run(env, tmp_path):
     assert proc.returncode in (0, 3), stderr  # 64 tokens may cut the random model's answer short
     assert not marker.exists() and "RAN" not in stdout + stderr
     assert "document (built-in)" in stderr
+
+
+def test_out_dir_with_a_symlink_loop_and_a_fifo(env, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(SAMPLES / "invoice-acme.png", folder / "a.png")
+    os.symlink("loop.png", folder / "loop.png")
+    os.mkfifo(folder / "f.pdf")
+    out = tmp_path / "out"
+    proc = glmv("extract", str(folder), "--schema", SMALL, "--max-tokens", "64", "--out-dir", str(out), env=env)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 3 and "Traceback" not in stderr, stderr
+    written = {p.name: json.loads(p.read_text()) for p in out.iterdir()}
+    assert set(written) == {"a.png.json", "loop.png.json", "f.pdf.json"}
+    assert written["loop.png.json"]["error_code"] == written["f.pdf.json"]["error_code"] == "not_a_regular_file"

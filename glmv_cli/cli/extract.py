@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -243,16 +244,13 @@ def _first_interrupt_stops(extractor: Any, console: Any) -> Iterator[None]:
 
 
 def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
+    # realpath, unlike Path.resolve, never raises on a symlink loop (discover keeps those, as records)
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
 
 
 def _relative(path: Path, roots: list[Path]) -> Path:
     """The input's path below the folder argument it came from (its name for loose files)."""
     for root in roots:
         if _inside(path, root):
-            return path.resolve().relative_to(root.resolve())
+            return Path(os.path.realpath(path)).relative_to(os.path.realpath(root))
     return Path(path.name)
