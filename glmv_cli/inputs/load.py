@@ -10,8 +10,8 @@ from glmv_cli.errors import InputError, UsageError
 from glmv_cli.inputs.document import Document, Page
 from glmv_cli.inputs.images import load_image
 from glmv_cli.inputs.pages import count_selected
-from glmv_cli.inputs.pdf import render_in_process
 from glmv_cli.inputs.read import DEFAULT_MAX_FILE_SIZE, read_file, too_large
+from glmv_cli.inputs.render import default_renderer
 from glmv_cli.inputs.sniff import SNIFF_BYTES, sniff_kind
 
 
@@ -27,12 +27,12 @@ def load_document(
     text_layer: bool = True,
     max_file_size: int = DEFAULT_MAX_FILE_SIZE,
     roots: Sequence[Path] | None = None,
-    render_pdf: Callable[..., tuple[list[Page], int]] = render_in_process,
+    render_pdf: Callable[..., tuple[list[Page], int]] | None = None,
 ) -> Document:
     """Read an image or PDF, typed by content not name; every failure is an InputError.
 
     A path is read with read_file (regular files only, at most max_file_size, inside `roots`).
-    `render_pdf` takes render_in_process's keywords; pass a crash-isolated renderer in a batch.
+    `render_pdf` takes pdf.render_in_process's keywords; None: the shared crash-isolated worker pool.
     """
     if dpi < 1 or max_pages < 1 or max_pixels < 1 or max_file_size < 1:
         raise UsageError("dpi, max_pages, max_pixels and max_file_size must be positive")
@@ -46,7 +46,7 @@ def load_document(
         raise InputError("empty file", code="file_empty")
     kind = sniff_kind(data[:SNIFF_BYTES])
     if kind == "pdf":
-        found, total = render_pdf(
+        found, total = (render_pdf or default_renderer().render)(
             data,
             pages=pages,
             dpi=dpi,
