@@ -21,15 +21,16 @@ CORPUS = [ROOT.parent / "shared" / "corpus" / "invoices", ROOT.parent / "shared"
 PYTHON = sys.executable
 GLMV = str(Path(sys.executable).with_name("glmv"))
 
-N_DOCS = 32
+# A reduced run (`bench/run.py --docs 8 --rounds 1`) passes its size to every step through these.
+N_DOCS = int(os.environ.get("GLMV_BENCH_DOCS", "32"))
 LONGEST_SIDE = 1024
 MAX_NEW_TOKENS = 512
-ROUNDS = 2
+ROUNDS = int(os.environ.get("GLMV_BENCH_ROUNDS", "2"))
 SCHEMA = "invoice"
 
 
 def bench_images() -> list[Path]:
-    """The 32 bench images (corpus PNG/JPEG, longest side 1024 px, cycled), written once as PNG.
+    """The N_DOCS (32) bench images (corpus PNG/JPEG, longest side 1024 px, cycled), written once as PNG.
 
     Cycled copies carry a PNG text chunk naming the copy: the same pixels, different bytes, so
     glmv's content-hash de-duplication does not skip them and every approach sees 32 documents.
@@ -149,15 +150,20 @@ def round_figures(
     wall_s: float,
     decode_tokens: int | None = None,
     decode_s: float | None = None,
+    closed_early: int | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """One round's figures; rates are over the round's wall time (load, preprocess, generate, validate).
 
-    decode_tokens_per_s leaves prefill out: tokens after the first over the time from first to last token.
+    valid: answers that validate and were not closed early by the token budget. closed_early: answers
+    that validate only because the budget ran low and the JSON was steered shut (they carry a warning;
+    None where the approach has no such mechanism). decode_tokens_per_s leaves prefill out: tokens
+    after the first over the time from first to last token.
     """
     return {
         "docs": docs,
         "valid": valid,
+        "closed_early": closed_early,
         "wall_s": round(wall_s, 3),
         "docs_per_s": round(docs / wall_s, 3),
         "valid_docs_per_s": round(valid / wall_s, 3),

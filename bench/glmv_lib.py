@@ -42,14 +42,16 @@ def main(batch: str) -> None:
         t0 = time.perf_counter()
         records = list(extractor.run(paths))
         wall = time.perf_counter() - t0
-        valid = sum(r.status == "ok" for r in records)
+        # valid means ok with no warning; ok answers the token budget closed early carry a warning.
+        valid = sum(r.status == "ok" and not r.warning for r in records)
+        closed_early = sum(r.status == "ok" and bool(r.warning) for r in records)
         tokens = sum(r.timings.output_tokens or 0 for r in records)
         decode_tokens = decode_s = None
         if batch_size == 1:  # per-document timings are per call only when each call is one document
             decode_tokens = sum((r.timings.output_tokens or 1) - 1 for r in records)
             decode_s = sum((r.timings.generate or 0) - (r.timings.ttft or 0) for r in records)
         errors = sorted({(r.error or "")[:120] for r in records if r.status != "ok"})
-        warned = sum(getattr(r, "warning", None) is not None for r in records)
+        warnings = sorted({r.warning[:120] for r in records if r.status == "ok" and r.warning})
         rounds.append(
             round_figures(
                 len(records),
@@ -58,9 +60,10 @@ def main(batch: str) -> None:
                 wall,
                 decode_tokens,
                 decode_s,
+                closed_early,
                 model_calls=extractor.model_calls,
-                warnings=warned,
                 errors=errors[:3],
+                warnings=warnings[:3],
             )
         )
     emit(

@@ -7,6 +7,7 @@ bench/results.json. See bench/README.md for what is measured and how.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -66,22 +67,47 @@ def machine() -> dict[str, Any]:
     }
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="glmv's benchmark; the defaults are the full run `make bench` does.")
+    parser.add_argument("--docs", type=int, default=common.N_DOCS, help="documents per round (default 32)")
+    parser.add_argument("--rounds", type=int, default=common.ROUNDS, help="rounds per approach (default 2)")
+    parser.add_argument("--steps", help=f"comma-separated subset of: {', '.join(k for k, _ in STEPS)}")
+    parser.add_argument("--quiet-wait", type=float, default=QUIET_WAIT_S, help="max seconds to wait per step")
+    parser.add_argument("--out", type=Path, help="where the figures go (default bench/results.json)")
+    args = parser.parse_args(argv)
+    keys = [k for k, _ in STEPS]
+    args.steps = keys if args.steps is None else [k.strip() for k in args.steps.split(",")]
+    unknown = [k for k in args.steps if k not in keys]
+    if unknown:
+        parser.error(f"unknown step(s) {unknown}; choose from {keys}")
+    reduced = args.docs != 32 or args.rounds != 2 or args.steps != keys
+    if args.out is None and reduced:
+        args.out = common.WORK / "results-reduced.json"  # bench/results.json holds full runs only
+    args.out = args.out or RESULTS
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     started = time.perf_counter()
     if not (common.TINY / "config.json").is_file():
         print(f"bench: {common.TINY} is missing: run `make tiny` first", file=sys.stderr)
         return 2
+    # Every step is a subprocess: it reads the run's size from the environment (see bench/common.py).
+    os.environ["GLMV_BENCH_DOCS"], os.environ["GLMV_BENCH_ROUNDS"] = str(args.docs), str(args.rounds)
+    common.N_DOCS, common.ROUNDS = args.docs, args.rounds
     common.bench_images()
     monitor = BusyMonitor()
     monitor.start()
     results: dict[str, dict[str, Any]] = {}
-    for n, (key, args) in enumerate(STEPS, 1):
-        print(f"[{n}/{len(STEPS)}] {key} ...", end="", file=sys.stderr, flush=True)
-        waited = monitor.wait_quiet(QUIET_WAIT_S)
+    steps = [(key, cmd) for key, cmd in STEPS if key in args.steps]
+    for n, (key, cmd) in enumerate(steps, 1):
+        print(f"[{n}/{len(steps)}] {key} ...", end="", file=sys.stderr, flush=True)
+        waited = monitor.wait_quiet(args.quiet_wait)
         if waited > 3:
             print(f" (waited {waited:.0f} s for other processes to finish)", end="", file=sys.stderr, flush=True)
         monitor.label = key
-        run = common.run_measured([common.PYTHON, "-m", *args], timeout=900)
+        run = common.run_measured([common.PYTHON, "-m", *cmd], timeout=900)
         res = run.result()
         res["subprocess_peak_rss_mb"] = round(run.peak_rss_mb, 1)
         res["subprocess_wall_s"] = round(run.wall_s, 2)
@@ -95,7 +121,7 @@ def main() -> int:
     busy = monitor.report()
     checks = report.targets(results)
     print()
-    print(report.table(results, common.MAX_NEW_TOKENS, common.N_DOCS))
+    print(report.table(results, common.MAX_NEW_TOKENS, common.N_DOCS, common.ROUNDS))
     print()
     print(report.extras(results))
     print()
@@ -106,7 +132,7 @@ def main() -> int:
         print("         on this 2-core machine the figures of those steps are unreliable. Busiest:")
         for b in busy["busiest_others"]:
             print(f"         {b['cpu_s']:>6.1f} s  {b['cmd']}")
-    print(f"\ntotal bench time {total:.0f} s; figures in {RESULTS.relative_to(common.ROOT)}")
+    print(f"\ntotal bench time {total:.0f} s; figures in {_shown(args.out)}")
 
     payload = {
         "machine": machine(),
@@ -117,16 +143,23 @@ def main() -> int:
             "rounds": common.ROUNDS,
             "schema": common.SCHEMA,
             "checkpoint": str(common.TINY.relative_to(common.ROOT)),
+            "steps": args.steps,
         },
         "results": results,
         "targets": checks,
         "other_processes": busy,
         "total_s": round(total, 1),
     }
-    tmp = RESULTS.with_suffix(".json.tmp")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(RESULTS)
+    tmp.replace(args.out)
     return 0
+
+
+def _shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(common.ROOT)) if path.is_relative_to(common.ROOT) else str(path)
 
 
 def _read(path: str) -> str:
