@@ -89,7 +89,7 @@ def test_hostile_folder(hostile, env, tmp_path):
     # Extreme shapes are padded into the model's range instead of crashing its processor.
     assert records["sliver.pdf"]["status"] == "ok", records["sliver.pdf"]
     assert records["thin.png"]["status"] == "ok", records["thin.png"]
-    assert records["huge.jpg"]["status"] == "ok" or records["huge.jpg"]["error_code"] == "image_too_large"
+    assert records["huge.jpg"]["status"] == "ok", records["huge.jpg"]  # decoded at 1/4 scale by the JPEG decoder
     long = records["long.pdf"]
     assert long["status"] == "ok" and long["pages"] == list(range(1, 9)) and long["page_count"] == 117
     assert long["warning"].startswith("117 pages; used 1-8; raise --max-pages")

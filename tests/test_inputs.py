@@ -448,3 +448,23 @@ def test_every_input_error_has_a_known_code():
                 assert code is not None, f"{source.name}:{node.lineno} InputError without code="
                 if isinstance(code, ast.Constant):  # else passed on from a worker, checked when raised
                     assert code.value in ERROR_CODES, f"{source.name}:{node.lineno} unknown code {code.value!r}"
+
+
+def test_a_jpeg_over_the_pixel_cap_is_decoded_small(monkeypatch):
+    """DCT scaling: the decoder never holds the full-size pixels, even past Pillow's bomb limit."""
+    import io
+
+    from PIL import Image
+
+    from glmv_cli.inputs.images import load_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (2000, 1000), "red").save(buf, "JPEG")
+    pages, _ = load_image(buf.getvalue(), pages=None, max_pages=1, max_pixels=600_000)
+    assert pages[0].image.size == (1000, 500)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400_000)  # the header alone trips Pillow's bomb check
+    pages, _ = load_image(buf.getvalue(), pages=None, max_pages=1, max_pixels=200_000)
+    assert pages[0].image.size == (500, 250)
+    with pytest.raises(InputError) as err:  # 1/8 is the decoder's smallest scale
+        load_image(buf.getvalue(), pages=None, max_pages=1, max_pixels=20_000)
+    assert err.value.code == "image_too_large"

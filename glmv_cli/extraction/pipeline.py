@@ -27,6 +27,7 @@ from glmv_cli.extraction.parse import validate
 from glmv_cli.extraction.prompt import PROMPT_VERSION, SYSTEM, build_prompt, repair_prompt
 from glmv_cli.extraction.schemas import ResolvedSchema
 from glmv_cli.inputs import DEFAULT_MAX_FILE_SIZE, Document, fit_for_vision, load_document, read_file
+from glmv_cli.inputs.render import PdfRenderer
 from glmv_cli.records import Record, Timings
 
 TEXT_HINT_MIN_CHARS = 20  # `auto`: below this a text layer is noise (scanned page, stray marks)
@@ -119,6 +120,7 @@ class Extractor:
         self.json_schema = constraint_schema(schema.json_schema())
         self._cache_lock = threading.Lock()
         self._stop = threading.Event()
+        self._renderer: PdfRenderer | None = None
         self.model_calls = 0
 
     # -- stopping --------------------------------------------------------------------------------
@@ -152,7 +154,9 @@ class Extractor:
 
     def _time_limits(self) -> dict[str, float]:
         o = self.options
-        render = o.render_timeout * (o.max_pages + 1)  # the renderer's own per-page limit comes first
+        # A backstop: the PDF renderer's own limit (per page, plus opening) fires first, with a
+        # worker start-up allowance; images have no limit of their own.
+        render = o.render_timeout * (o.max_pages + 1) + 60
         return {"read": o.read_timeout, "cache": 60.0, "decode": render, "preprocess": render}
 
     # -- loading (worker threads) -----------------------------------------------------------------
@@ -199,6 +203,7 @@ class Extractor:
                 password=o.password,
                 max_pixels=o.max_pixels,
                 text_layer=o.text_hint != "off",
+                render_pdf=self._renderer.render if self._renderer else None,
             )
         except InputError as exc:
             return _Prepared(task.index, name, sha, key, records=[self._failed(name, exc.one_line(), exc.code, sha)])
@@ -263,6 +268,8 @@ class Extractor:
         size = self.options.batch_size  # the backend's default is asked for only once a model is needed
         lookahead = max(4, 2 * (size or 8))
         pending: queue.Queue[LoadTask | None] = queue.Queue(maxsize=lookahead)
+        # PDFs render in worker processes: a PDFium crash or hang costs one document, not the run.
+        self._renderer = PdfRenderer(self.options.workers, timeout_s=self.options.render_timeout)
         loader = LoaderPool(self._prepare, self.options.workers)
         finished = threading.Event()
 
@@ -305,6 +312,7 @@ class Extractor:
                 except queue.Empty:
                     time.sleep(0.01)
             loader.close()
+            self._renderer.close()
             if self.cache is not None:
                 self.cache.finish_run()
 

@@ -7,7 +7,7 @@ import math
 import threading
 import warnings
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, JpegImagePlugin
 
 from glmv_cli.errors import InputError
 from glmv_cli.inputs.document import Page
@@ -98,6 +98,11 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         at_least = Image.MAX_IMAGE_PIXELS or 0
     except Exception:  # Pillow signals a bad header with many exception types
         raise InputError("corrupt or unsupported image", code="image_corrupt") from None
+    if data.startswith(b"\xff\xd8\xff"):  # a huge JPEG can still be decoded small (see _shrink_jpeg)
+        try:
+            return JpegImagePlugin.JpegImageFile(io.BytesIO(data))  # header only; _decode_frame shrinks it
+        except Exception:
+            raise InputError("corrupt or unsupported image", code="image_corrupt") from None
     raise InputError(_too_large(_declared_size(data), max_pixels, at_least), code="image_too_large")
 
 
@@ -106,6 +111,8 @@ def _decode_frame(img: Image.Image, number: int, max_pixels: int) -> Image.Image
         img.seek(number - 1)
     except Exception:
         raise InputError(f"corrupt {img.format} image (cannot read page {number})", code="image_corrupt") from None
+    if img.format == "JPEG" and img.width * img.height > max_pixels:
+        _shrink_jpeg(img, max_pixels)
     # img.size comes from the header: refuse before load() allocates the pixels.
     if img.width * img.height > max_pixels:
         raise InputError(_too_large(img.size, max_pixels), code="image_too_large")
@@ -117,6 +124,20 @@ def _decode_frame(img: Image.Image, number: int, max_pixels: int) -> Image.Image
         if isinstance(exc, (OSError, EOFError)) and "truncated" in str(exc):
             raise InputError(f"truncated {img.format} image (the file ends early)", code="file_truncated") from None
         raise InputError(f"corrupt {img.format} image (cannot decode it)", code="image_corrupt") from None
+
+
+def _shrink_jpeg(img: Image.Image, max_pixels: int) -> None:
+    """Have the JPEG decoder itself scale by 1/2, 1/4 or 1/8 (DCT scaling) to fit max_pixels.
+
+    A 20000 x 14000 px scan then decodes straight to 2500 x 1750, never holding the full-size
+    pixels; the pages are downscaled for the model later anyway.
+    """
+    width, height = img.size
+    for factor in (2, 4, 8):
+        size = (math.ceil(width / factor), math.ceil(height / factor))
+        if size[0] * size[1] <= max_pixels:
+            img.draft(img.mode, size)
+            return
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
