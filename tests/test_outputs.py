@@ -95,7 +95,9 @@ def test_csv_flattens_in_schema_order() -> None:
         "file": "a.pdf",
         "pages": "1-3",
         "status": "ok",
+        "error_code": "",
         "error": "",
+        "warning": "",
         "cached": "false",
         "vendor.name": "Acme",
         "vendor.vat": "",
@@ -114,7 +116,7 @@ def test_csv_invoice_lists_are_json_cells() -> None:
         writer.write(ok(vendor_name="Acme", line_items=items))
     row = read_csv(out.getvalue())[0]
     assert json.loads(row["line_items"]) == items
-    assert list(row)[5:8] == ["vendor_name", "vendor_address", "vendor_tax_id"]
+    assert list(row)[7:10] == ["vendor_name", "vendor_address", "vendor_tax_id"]
 
 
 def test_csv_explode() -> None:
@@ -159,7 +161,7 @@ def test_csv_without_schema_uses_data_keys() -> None:
         writer.write(failed())
         writer.write(ok(b=1, a={"x": True}))
     rows = read_csv(out.getvalue())
-    assert list(rows[0]) == ["file", "pages", "status", "error", "cached", "b", "a.x"]
+    assert list(rows[0]) == ["file", "pages", "status", "error_code", "error", "warning", "cached", "b", "a.x"]
     assert rows[1]["a.x"] == "true"
 
 
@@ -293,5 +295,5 @@ def test_csv_recursive_schema_terminates() -> None:
     with open_writer("csv", None, out, schema) as writer:
         writer.write(ok(root={"label": "a", "parent": {"label": "b", "parent": None}}))
     row = read_csv(out.getvalue())[0]
-    assert list(row)[5:] == ["root.label", "root.parent"]
+    assert list(row)[7:] == ["root.label", "root.parent"]
     assert json.loads(row["root.parent"]) == {"label": "b", "parent": None}
