@@ -20,12 +20,12 @@ test-gpu:  ## tests that need a CUDA GPU (bitsandbytes 4-bit, torchvision proces
 	$(BIN)/python -m pytest -q -m gpu
 
 lint:
-	$(BIN)/ruff check glmv_cli tests schemas samples bench
-	$(BIN)/ruff format --check glmv_cli tests schemas samples bench
+	$(BIN)/ruff check glmv_cli tests schemas samples bench tools
+	$(BIN)/ruff format --check glmv_cli tests schemas samples bench tools
 
 format:
-	$(BIN)/ruff format glmv_cli tests schemas samples bench
-	$(BIN)/ruff check --fix glmv_cli tests schemas samples bench
+	$(BIN)/ruff format glmv_cli tests schemas samples bench tools
+	$(BIN)/ruff check --fix glmv_cli tests schemas samples bench tools
 
 tiny: $(TINY)/config.json  ## build the tiny random-weight GLM-4.6V-architecture checkpoint
 

@@ -109,7 +109,15 @@ def test_csv_flattening_and_explode(model_env, tmp_path):
     assert len(rows) == 2
     header = next(csv.reader(out.open()))
     fields = [name for name, _, _ in resolve_schema("invoice").fields() if "." not in name]
-    assert header[: len(header) - len(fields)] == ["file", "pages", "status", "error_code", "error", "warning", "cached"]
+    assert header[: len(header) - len(fields)] == [
+        "file",
+        "pages",
+        "status",
+        "error_code",
+        "error",
+        "warning",
+        "cached",
+    ]
     assert header[-len(fields) :] == fields  # schema order
     cached = extract(*args, "-o", str(tmp_path / "items.csv"), "--explode", "line_items")
     assert cached.exit_code == 0, cached.stderr

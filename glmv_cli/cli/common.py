@@ -17,7 +17,12 @@ ModelOpt = Annotated[
     str, typer.Option("--model", "-m", envvar="GLMV_MODEL", help="Hub id or local folder of a GLM-4.6V checkpoint.")
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")]
-DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32.")]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto (bf16 on GPUs of compute capability 8.0+, else fp16; fp32 on CPU), bfloat16, float16, float32."
+    ),
+]
 QuantOpt = Annotated[str, typer.Option(help="auto, none, 8bit, 4bit. auto: 4bit on GPUs under 40 GB, none otherwise.")]
 RevisionOpt = Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit).")]
 ThinkOpt = Annotated[bool, typer.Option("--think/--no-think", help="Let the model reason before answering.")]
