@@ -154,9 +154,9 @@ class Extractor:
 
     def _time_limits(self) -> dict[str, float]:
         o = self.options
-        # A backstop: the PDF renderer's own limit (per page, plus opening) fires first, with a
-        # worker start-up allowance; images have no limit of their own.
-        render = o.render_timeout * (o.max_pages + 1) + 60
+        # A backstop: the PDF renderer's own limit (opening, then per page) fires first; this one
+        # also covers image decoding and preprocessing, which have no limit of their own.
+        render = o.render_timeout * (o.max_pages + 2) + 5
         return {"read": o.read_timeout, "cache": 60.0, "decode": render, "preprocess": render}
 
     # -- loading (worker threads) -----------------------------------------------------------------
