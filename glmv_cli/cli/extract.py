@@ -82,6 +82,9 @@ def extract(
         int | None,
         typer.Option(min=4, help="Most visual tokens per page (28x28 px each); larger pages are downscaled first."),
     ] = None,
+    prefetch_mb: Annotated[
+        int, typer.Option(min=1, metavar="MB", help="Page images and model inputs read ahead of the model, at most.")
+    ] = 1024,
     read_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to read one file before giving up on it.")] = 60,
     render_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds per page to decode or render before giving up on a document.")
@@ -158,6 +161,7 @@ def extract(
         max_image_tokens=max_image_tokens,
         read_timeout=read_timeout,
         render_timeout=render_timeout,
+        prefetch_bytes=prefetch_mb * 1024 * 1024,
     )
     extractor = Extractor(backend, resolved, options, cache=ResultCache() if cache else None)
     stats = RunStats()

@@ -95,6 +95,19 @@ class Backend(abc.ABC):
     def default_batch_size(self) -> int:
         return 1
 
+    def estimate_tokens(self, request: Request) -> int:
+        """Tokens the request takes in the KV cache: prompt, every page's visual tokens, the answer budget."""
+        visual = sum(-(-(i.width * i.height) // (28 * 28)) for i in request.images)  # one per 28x28 px
+        return len(request.prompt) // 3 + visual + request.settings.max_new_tokens
+
+    def held_bytes(self, request: Request) -> int:
+        """Bytes of the backend's own prepared inputs the request holds (0 when nothing is prepared)."""
+        return 0
+
+    def token_budget(self) -> int | None:
+        """Most KV-cache tokens one batch may take (rows x its longest row); None: no limit."""
+        return None
+
     def max_image_pixels(self) -> int | None:
         """The most pixels per image the model's processor keeps (it downscales above); None if unknown."""
         return None

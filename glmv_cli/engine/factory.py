@@ -64,6 +64,15 @@ class LazyLocalBackend(Backend):
     def max_image_pixels(self) -> int | None:
         return self.real.max_image_pixels()
 
+    def estimate_tokens(self, request: Request) -> int:
+        return self.real.estimate_tokens(request)
+
+    def held_bytes(self, request: Request) -> int:
+        return self.real.held_bytes(request)
+
+    def token_budget(self) -> int | None:
+        return self.real.token_budget()
+
 
 def local_identity(model: str, options: dict[str, Any]) -> dict[str, Any]:
     """What changes a local model's answers; a local folder counts by its weights, not its spelling."""

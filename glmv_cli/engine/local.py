@@ -21,6 +21,8 @@ from glmv_cli.engine.loader import LoadedModel, load_model
 from glmv_cli.engine.text import THINK_CLOSE, AnswerFilter, split_thinking
 
 _MODELS: dict[tuple, LoadedModel] = {}
+CPU_TOKEN_BUDGET = 8 * 8192  # no device memory to size by on CPU: eight rows of 8k tokens
+GPU_MEMORY_SHARE = 0.6  # of the memory free once the weights are in, for the KV cache and activations
 _MODELS_LOCK = threading.Lock()
 
 
@@ -68,6 +70,8 @@ class LocalBackend(Backend):
         self._options = {"device": device, "dtype": dtype, "quant": quant, "revision": revision}
         self._batch_size = batch_size
         self._loaded: LoadedModel | None = None
+        self._budget: int | None = None
+        self._budget_scale = 1.0  # halved by every out-of-memory error
 
     # -- loading -------------------------------------------------------------------------------
     @property
@@ -97,14 +101,32 @@ class LocalBackend(Backend):
         return local_identity(self.model_id, self._options)
 
     def default_batch_size(self) -> int:
+        """Most rows per batch; on CUDA the token budget does the real sizing, so this only caps rows."""
         if self._batch_size:
             return self._batch_size
-        lm = self.loaded
-        if lm.device.startswith("cuda"):
-            free, _ = torch.cuda.mem_get_info(torch.device(lm.device))
-            # ~40 KB of bf16 KV cache per token; budget 8k tokens (pages + answer) per row.
-            return max(1, min(16, int(free * 0.6 // (40_000 * 8192))))
-        return 8
+        return 32 if self.loaded.device.startswith("cuda") else 8
+
+    def token_budget(self) -> int | None:
+        """60% of the GPU memory free after loading, over the KV-cache bytes per token; fixed on CPU."""
+        if self._budget is None:
+            lm = self.loaded
+            if lm.device.startswith("cuda"):
+                free, _ = torch.cuda.mem_get_info(torch.device(lm.device))
+                self._budget = int(free * GPU_MEMORY_SHARE // kv_cache_bytes_per_token(lm.model.config, lm.model.dtype))
+            else:
+                self._budget = CPU_TOKEN_BUDGET
+        return max(1, int(self._budget * self._budget_scale))
+
+    def estimate_tokens(self, request: Request) -> int:
+        if request.prepared is None:
+            return super().estimate_tokens(request)
+        encoding = request.prepared[1][0]
+        return int(encoding["input_ids"].shape[1]) + request.settings.max_new_tokens
+
+    def held_bytes(self, request: Request) -> int:
+        if request.prepared is None:
+            return 0
+        return sum(t.numel() * t.element_size() for t in request.prepared[1][0].values())
 
     def max_image_pixels(self) -> int | None:
         size = getattr(self.loaded.processor.image_processor, "size", None)
@@ -139,6 +161,7 @@ class LocalBackend(Backend):
         # Outside the except block: the traceback, and the batch tensors its frames hold, are gone.
         if out_of_memory:
             _release_memory()
+            self._budget_scale /= 2  # later batches are planned smaller too
         if len(requests) == 1:
             return [Generation(finish_reason="error", error=error, tag=requests[0].tag)]
         if out_of_memory:  # halve the batch; each half may halve again
@@ -185,6 +208,8 @@ class LocalBackend(Backend):
             kwargs["images"] = [list(request.images)]
         encoding = dict(self.loaded.processor(**kwargs))
         encoding.pop("token_type_ids", None)
+        if "pixel_values" in encoding:  # held until its batch runs: in the model's dtype, not float32
+            encoding["pixel_values"] = encoding["pixel_values"].to(self.loaded.model.dtype)
         return encoding, time.perf_counter() - started
 
     def _prompts(self, requests: list[Request], think: bool) -> list[str]:
@@ -309,6 +334,16 @@ class LocalBackend(Backend):
             tokens=[tok.decode([t]) for t in ids] if logprobs is not None else None,
             tag=req.tag,
         )
+
+
+def kv_cache_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
+    """layers x KV heads x head size x 2 (keys and values) x bytes per value, from the loaded config."""
+    text = getattr(config, "text_config", None) or config
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    width = torch.empty((), dtype=dtype).element_size()
+    return text.num_hidden_layers * kv_heads * head_dim * 2 * width
 
 
 def closing_step(max_new_tokens: int, reserve: int) -> int:

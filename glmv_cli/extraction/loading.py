@@ -46,11 +46,39 @@ class LoadTask:
         return (self.stage, spent) if limit is not None and self.stage_started and spent > limit else None
 
 
-class LoaderPool:
-    """Daemon threads running `work(task)`; `work` must not raise."""
+class ByteGate:
+    """Bytes of loaded work not yet consumed; the producer waits while they are over the cap."""
 
-    def __init__(self, work: Callable[[LoadTask], Any], workers: int):
+    def __init__(self, cap: int):
+        self.cap, self.held, self.peak = cap, 0, 0
+        self._cond = threading.Condition()
+
+    def add(self, nbytes: int) -> None:
+        with self._cond:
+            self.held += nbytes
+            self.peak = max(self.peak, self.held)
+
+    def release(self, nbytes: int) -> None:
+        with self._cond:
+            self.held -= nbytes
+            self._cond.notify_all()
+
+    def wait_below_cap(self, stop: threading.Event) -> None:
+        """Block while the held bytes are at or over the cap (one document over it alone still passes)."""
+        with self._cond:
+            while self.held >= self.cap and not stop.is_set():
+                self._cond.wait(0.1)
+
+
+class LoaderPool:
+    """Daemon threads running `work(task)`; `work` must not raise.
+
+    `discard(result)` is called with the result of an abandoned task, if it ever comes.
+    """
+
+    def __init__(self, work: Callable[[LoadTask], Any], workers: int, discard: Callable[[Any], None] | None = None):
         self._work = work
+        self._discard = discard
         self._queue: queue.Queue[LoadTask | None] = queue.Queue()
         self._lock = threading.Lock()
         self._threads = 0
@@ -94,7 +122,10 @@ class LoaderPool:
             with self._lock:
                 task.result = result
                 task.done.set()
-                if task.abandoned:  # a replacement thread already took this one's place
-                    break
+                abandoned = task.abandoned
+            if abandoned:  # nobody will take this result; a replacement thread took this one's place
+                if self._discard is not None:
+                    self._discard(result)
+                break
         with self._lock:
             self._threads -= 1

@@ -22,7 +22,7 @@ from glmv_cli.cache import ResultCache, cache_key
 from glmv_cli.engine.base import Backend, Generation, GenerationSettings, Request
 from glmv_cli.errors import GlmvError, InputError, ModelLoadError, UsageError
 from glmv_cli.extraction.constraint import constraint_schema
-from glmv_cli.extraction.loading import TIMEOUT_CODES, LoaderPool, LoadTask
+from glmv_cli.extraction.loading import TIMEOUT_CODES, ByteGate, LoaderPool, LoadTask
 from glmv_cli.extraction.parse import validate
 from glmv_cli.extraction.prompt import PROMPT_VERSION, SYSTEM, build_prompt, repair_prompt
 from glmv_cli.extraction.schemas import ResolvedSchema
@@ -56,6 +56,7 @@ class ExtractOptions:
     roots: list[Path] | None = None  # files must resolve inside these (None: no confinement)
     max_image_tokens: int | None = None  # per page; None: the model processor's own maximum
     read_timeout: float = 60.0  # seconds to read one file
+    prefetch_bytes: int = 1024**3  # page images and prepared model inputs waiting for the model
     render_timeout: float = 60.0  # seconds per page to decode or render
 
 
@@ -74,6 +75,8 @@ class _Job:
     page_count: int | None = None
     note: str | None = None  # a warning for the record (e.g. pages over --max-pages)
     pages_cut: int = 0
+    tokens: int = 0  # estimated KV-cache tokens: prompt, visual tokens of every page, answer budget
+    nbytes: int = 0  # page images plus prepared model inputs, held until the job has run
 
 
 @dataclass
@@ -87,6 +90,10 @@ class _Prepared:
     records: list[Record] | None = None  # final already: cached, or failed to load
     jobs: list[_Job] = field(default_factory=list)
     fatal: GlmvError | None = None  # the run cannot go on (the model cannot load)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(j.nbytes for j in self.jobs)
 
 
 @dataclass
@@ -121,6 +128,7 @@ class Extractor:
         self._cache_lock = threading.Lock()
         self._stop = threading.Event()
         self._renderer: PdfRenderer | None = None
+        self._gate = ByteGate(self.options.prefetch_bytes)
         self.model_calls = 0
 
     # -- stopping --------------------------------------------------------------------------------
@@ -215,7 +223,9 @@ class Extractor:
         except Exception as exc:  # noqa: BLE001 - the processor rejected these pages
             error = f"preprocessing failed: {_one_line(exc)}"
             return _Prepared(task.index, name, sha, key, records=[self._failed(name, error, "preprocess_failed", sha)])
-        return _Prepared(task.index, name, sha, key, jobs=jobs)
+        prepared = _Prepared(task.index, name, sha, key, jobs=jobs)
+        self._gate.add(prepared.nbytes)
+        return prepared
 
     def _jobs(self, index: int, doc: Document, load_s: float) -> list[_Job]:
         groups = [[p] for p in doc.pages] if self.options.per_page else [doc.pages]
@@ -239,9 +249,10 @@ class Extractor:
             request = self.backend.prepare(request)  # preprocessing here, in the loader thread
             pixels = sum(i.width * i.height for i in images)
             numbers = [p.number for p in pages]
-            jobs.append(
-                _Job(index, sub, doc.path, doc.sha256, numbers, request, load_s, pixels, doc.total_pages, note, cut)
-            )
+            job = _Job(index, sub, doc.path, doc.sha256, numbers, request, load_s, pixels, doc.total_pages, note, cut)
+            job.tokens = self.backend.estimate_tokens(request)
+            job.nbytes = 3 * pixels + self.backend.held_bytes(request)
+            jobs.append(job)
         return jobs
 
     def _image_pixel_cap(self) -> int | None:
@@ -266,16 +277,18 @@ class Extractor:
         yielded, and the run ends; the other documents are left for the next run.
         """
         size = self.options.batch_size  # the backend's default is asked for only once a model is needed
-        lookahead = max(4, 2 * (size or 8))
-        pending: queue.Queue[LoadTask | None] = queue.Queue(maxsize=lookahead)
+        # Memory is bounded by bytes (the gate) plus the few documents being read ahead of it.
+        pending: queue.Queue[LoadTask | None] = queue.Queue(maxsize=self.options.workers + 2)
+        self._gate = ByteGate(self.options.prefetch_bytes)
         # PDFs render in worker processes: a PDFium crash or hang costs one document, not the run.
         self._renderer = PdfRenderer(self.options.workers, timeout_s=self.options.render_timeout)
-        loader = LoaderPool(self._prepare, self.options.workers)
+        loader = LoaderPool(self._prepare, self.options.workers, discard=lambda prep: self._gate.release(prep.nbytes))
         finished = threading.Event()
 
         def produce() -> None:
             try:
                 for index, path in enumerate(paths):
+                    self._gate.wait_below_cap(finished)
                     if finished.is_set() or self.stopped:
                         return
                     pending.put(loader.submit(index, str(path)))
@@ -295,8 +308,10 @@ class Extractor:
                     done = self._fill(pending, loader, window, states, seen, size or 8)
                 if window and not self.stopped:
                     size = size or self.backend.default_batch_size()
-                    batch = self._pick_batch(window, size)
-                    for job, record in zip(batch, self._process(batch), strict=True):
+                    batch = self._pick_batch(window, size, self.backend.token_budget())
+                    records = self._process(batch)
+                    self._gate.release(sum(j.nbytes for j in batch))  # their pixels are garbage now
+                    for job, record in zip(batch, records, strict=True):
                         state = states[job.index]
                         state.records[job.sub] = record
                         if state.complete:  # cache now, so an interrupted run keeps this work
@@ -338,6 +353,7 @@ class Extractor:
             if prep.fatal is not None:
                 raise prep.fatal
             if prep.sha256 is not None and prep.sha256 in seen:
+                self._gate.release(prep.nbytes)
                 dup = Record(
                     file=prep.name,
                     status="duplicate",
@@ -371,11 +387,18 @@ class Extractor:
         return task.result
 
     @staticmethod
-    def _pick_batch(window: list[_Job], size: int) -> list[_Job]:
-        """Take `size` jobs of similar image size (less padding), smallest first."""
-        window.sort(key=lambda j: j.pixels)
-        batch = window[:size]
-        del window[:size]
+    def _pick_batch(window: list[_Job], size: int, budget: int | None) -> list[_Job]:
+        """Up to `size` jobs of similar length, smallest first, within the token budget.
+
+        Rows are left-padded to the longest, so a batch costs rows x its longest row; one job
+        always goes, even over the budget alone.
+        """
+        window.sort(key=lambda j: (j.tokens, j.pixels))
+        taken = 1
+        while taken < min(size, len(window)) and (budget is None or (taken + 1) * window[taken].tokens <= budget):
+            taken += 1
+        batch = window[:taken]
+        del window[:taken]
         return batch
 
     def _process(self, batch: list[_Job]) -> list[Record]:
