@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import socket
@@ -282,3 +283,36 @@ def test_discover_corpus_finds_documents_only():
     expected = [p for p in CORPUS.rglob("*") if p.is_file() and p.suffix not in {".json", ".md"}]
     assert sorted(found) == sorted(expected)
     assert found == sorted(found, key=lambda p: p.relative_to(CORPUS).parts)
+
+
+def test_a_folder_that_cannot_be_listed_is_a_warning_not_the_end(tmp_path, monkeypatch):
+    discover_module = importlib.import_module("glmv_cli.inputs.discover")  # the name is shadowed by the function
+
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "ok" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / "locked" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    real = discover_module.os.scandir
+
+    def scandir(path):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(discover_module.os, "scandir", scandir)
+    warnings: list[str] = []
+    found = discover([tmp_path], warnings=warnings)
+    assert [p.name for p in found] == ["a.png"]
+    assert len(warnings) == 1 and "locked" in warnings[0] and "Permission denied" in warnings[0]
+
+
+def test_a_sniffing_bug_keeps_the_file_for_reading_to_report(tmp_path, monkeypatch):
+    discover_module = importlib.import_module("glmv_cli.inputs.discover")  # the name is shadowed by the function
+
+    (tmp_path / "scan").write_bytes(b"%PDF-1.4 whatever")
+
+    def broken(path, size):
+        raise RuntimeError("sniffer bug")
+
+    monkeypatch.setattr(discover_module, "read_head", broken)
+    assert [p.name for p in discover([tmp_path])] == ["scan"]

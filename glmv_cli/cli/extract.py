@@ -125,13 +125,18 @@ def extract(
     check_schema(resolved)  # recursive or uncompilable: a usage error now, not N failures later
     page_list = parse_page_spec(pages)
     skip = {p for p in (output, stats_json) if p is not None}
+    unlisted: list[str] = []
     try:
-        files = discover(paths, glob=glob, exclude=exclude, skip=skip, follow_symlinks=follow_symlinks)
+        files = discover(
+            paths, glob=glob, exclude=exclude, skip=skip, follow_symlinks=follow_symlinks, warnings=unlisted
+        )
     except InputError as exc:  # a PATH argument that does not exist is the caller's mistake
         raise UsageError(exc.message, exc.hint) from exc
     if out_dir is not None:
         files = [f for f in files if not _inside(f, out_dir)]  # never read our own output back
     console = stderr_console()
+    for line in unlisted:
+        console.print(f"warning: {line}", markup=False, highlight=False)
     if not files:
         raise UsageError("no images or PDFs found in " + ", ".join(str(p) for p in paths))
 

@@ -18,12 +18,14 @@ def discover(
     exclude: list[str] | None = None,
     skip: Iterable[str | Path] = frozenset(),
     follow_symlinks: bool = False,
+    warnings: list[str] | None = None,
 ) -> list[Path]:
     """Expand files and folders into documents: argument order, each folder sorted, no repeats.
 
     Never opens anything but regular files, so loops, dangling links, FIFOs and devices cannot
     hang or crash it. Entries named like documents are kept whatever they are: reading them
     (read_file) turns each into a failed record with a reason, rather than a silent skip.
+    A folder that cannot be listed is skipped with a line appended to `warnings`.
     """
     # os.path.realpath, unlike Path.resolve, does not raise on symlink loops.
     never = {os.path.realpath(p) for p in skip}
@@ -31,7 +33,8 @@ def discover(
     found: list[Path] = []
     for given in map(Path, paths):
         if given.is_dir():
-            candidates = [(p, p.relative_to(given).as_posix()) for p in _walk(given, follow_symlinks)]
+            walked = _walk(given, follow_symlinks, warnings if warnings is not None else [])
+            candidates = [(p, p.relative_to(given).as_posix()) for p in walked]
         elif os.path.lexists(given):
             # Named explicitly: kept even if hidden, oddly named or a broken link; reading reports problems.
             candidates = [(given, given.as_posix())]
@@ -46,12 +49,16 @@ def discover(
     return found
 
 
-def _walk(root: Path, follow_symlinks: bool) -> list[Path]:
+def _walk(root: Path, follow_symlinks: bool, warnings: list[str]) -> list[Path]:
     documents = []
     visited: set[str] = set()
+
+    def unlisted(exc: OSError) -> None:
+        warnings.append(f"cannot list folder {exc.filename}: {exc.strerror or exc}; skipped")
+
     # Without follow_symlinks os.walk does not descend symlinked folders; with it, a folder
     # already walked (by its real path) is not walked again, so a link loop ends.
-    for folder, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
+    for folder, dirnames, filenames in os.walk(root, onerror=unlisted, followlinks=follow_symlinks):
         real = os.path.realpath(folder)
         if real in visited:
             dirnames[:] = []
@@ -72,6 +79,8 @@ def _is_document(path: Path) -> bool:
         return sniff_kind(read_head(path, SNIFF_BYTES)) is not None
     except InputError:  # not a regular file, or unreadable, and not named like a document: not ours
         return False
+    except Exception:  # noqa: BLE001 - a sniffing bug: keep the file, so reading reports it as a record
+        return True
 
 
 def _wanted(rel: str, name: str, glob: list[str] | None, exclude: list[str] | None) -> bool:
