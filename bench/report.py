@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-APPROACHES = ("plain", "outlines", "outlines strict", "glmv b1", "glmv bN")
-PEERS = ("plain", "outlines")  # the targets compare glmv with these; "outlines strict" is for context
+APPROACHES = ("plain", "outlines", "outlines strict", "glmv b1", "glmv bN", "grammar processor", "vllm", "vllm c8")
+PEERS = ("plain", "outlines")  # the first target compares glmv with these; "outlines strict" is for context
 
 
 def best_round(result: dict[str, Any]) -> dict[str, Any] | None:
@@ -45,6 +45,9 @@ def table(results: dict[str, dict[str, Any]], max_new_tokens: int, docs: int, ro
             continue
         name = res.get("name", key)
         best = best_round(res)
+        if res.get("skipped"):
+            errors.append(f"{name:<16} {res['skipped']}")
+            continue
         if best is None:
             errors.append(f"{name:<16} ERROR: {res.get('error', 'no figures')}")
             continue
@@ -62,7 +65,7 @@ def table(results: dict[str, dict[str, Any]], max_new_tokens: int, docs: int, ro
                 _fmt(best["output_tokens"] / best["docs"], 0),
                 _fmt(res.get("load_s")),
                 _fmt(res.get("compile_s")),
-                _fmt(res.get("subprocess_peak_rss_mb"), 0),
+                _fmt(res.get("server_peak_rss_mb", res.get("subprocess_peak_rss_mb")), 0),
             ]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -83,7 +86,8 @@ def table(results: dict[str, dict[str, Any]], max_new_tokens: int, docs: int, ro
         "docs/s and out tok/s are over each round's wall time (open image, preprocess, generate, validate); "
         "valid = validates with no warning; closed early = validates only because the token budget steered "
         "the JSON shut (glmv rows; not counted as valid); decode tok/s leaves prefill out (b1 rows only); "
-        "load = model + processor; compile = schema constraint."
+        "load = model + processor (vllm: server start to /health); compile = schema constraint (vllm: first "
+        "request); vllm rows: N requests in flight, peak RSS = the server's process tree (RSS summed)."
     )
     return "\n".join(lines)
 
@@ -147,6 +151,8 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     else:
         out.append(_target("glmv bN schema-valid docs/s >= 2x best peer, 100% valid", None, "not measured"))
 
+    out.extend(_peer_targets(results, best))
+
     b1, plain = best.get("glmv b1"), best.get("plain")
     if b1 and plain:
         ratio = b1["output_tokens_per_s"] / plain["output_tokens_per_s"]
@@ -185,6 +191,47 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _peer_targets(results: dict[str, dict[str, Any]], best: dict[str, Any]) -> list[dict[str, Any]]:
+    """glmv bN against the grammar-processor peer and vLLM (issue 8's targets)."""
+    glmv_n, proc = best.get("glmv bN"), best.get("grammar processor")
+    vllm = best.get("vllm")
+    # vLLM at glmv's batch size in flight; with no more documents than that, the c32 row is the same load.
+    same_load = best.get("vllm c8") or (vllm if vllm and vllm["docs"] <= 8 else None)
+    out = []
+    name = "glmv bN valid docs/s >= 2x transformers + grammar processor b8"
+    if glmv_n and proc:
+        need = 2 * proc["valid_docs_per_s"]
+        detail = (
+            f"{glmv_n['valid_docs_per_s']:.2f} vs {proc['valid_docs_per_s']:.2f} valid docs/s -> "
+            f"{_ratio(glmv_n['valid_docs_per_s'], proc['valid_docs_per_s'])} (need {need:.2f})"
+        )
+        out.append(_target(name, glmv_n["valid_docs_per_s"] >= need and glmv_n["valid"] > 0, detail))
+    else:
+        out.append(_target(name, None, "not measured"))
+    skipped = results.get("vllm", {}).get("skipped") or results.get("vllm", {}).get("error") or "not measured"
+    name = "glmv bN valid docs/s >= 1x vLLM c32"
+    if glmv_n and vllm:
+        detail = (
+            f"{glmv_n['valid_docs_per_s']:.2f} vs {vllm['valid_docs_per_s']:.2f} valid docs/s -> "
+            f"{_ratio(glmv_n['valid_docs_per_s'], vllm['valid_docs_per_s'])}"
+        )
+        ok = glmv_n["valid_docs_per_s"] >= vllm["valid_docs_per_s"] and glmv_n["valid"] > 0
+        out.append(_target(name, ok, detail))
+    else:
+        out.append(_target(name, None, skipped))
+    name = "glmv bN output tok/s >= 0.6x vLLM, same documents in flight"
+    if glmv_n and same_load:
+        ratio = glmv_n["output_tokens_per_s"] / same_load["output_tokens_per_s"]
+        detail = (
+            f"{glmv_n['output_tokens_per_s']:.0f} vs {same_load['output_tokens_per_s']:.0f} tok/s "
+            f"({same_load.get('in_flight')} in flight) -> {ratio:.2f}x"
+        )
+        out.append(_target(name, ratio >= 0.6, detail))
+    else:
+        out.append(_target(name, None, skipped))
+    return out
+
+
 def target_lines(checks: list[dict[str, Any]]) -> str:
     words = {True: "PASS", False: "FAIL", None: "N/A "}
     return "\n".join(f"{words[c['passed']]}  {c['target']}: {c['detail']}" for c in checks)
@@ -195,4 +242,6 @@ def _target(name: str, passed: bool | None, detail: str) -> dict[str, Any]:
 
 
 def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b else "inf (peer 0)"
+    if not b:
+        return "inf (peer 0)" if a else "- (both 0)"
+    return f"{a / b:.2f}x"

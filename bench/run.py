@@ -1,4 +1,4 @@
-"""`make bench`: glmv against a plain transformers loop and outlines on the tiny checkpoint.
+"""`make bench`: glmv against a plain transformers loop, outlines, a grammar processor and vLLM, on the tiny checkpoint.
 
 Each step runs in its own subprocess (so peak RSS is that approach's own) and prints one JSON
 line; this script runs them in turn, prints the table and the targets, and writes
@@ -32,6 +32,8 @@ STEPS: list[tuple[str, list[str]]] = [
     ("outlines strict", ["bench.with_outlines", "strict"]),
     ("glmv b1", ["bench.glmv_lib", "1"]),
     ("glmv bN", ["bench.glmv_lib", "default"]),
+    ("grammar processor", ["bench.with_grammar_processor"]),
+    ("vllm", ["bench.with_vllm"]),  # runs when .venv-vllm exists (`make vllm`); also gives the "vllm c8" row
     ("grammar_cost", ["bench.grammar_cost"]),
     ("cached", ["bench.cached"]),
     ("rss_scale", ["bench.rss_scale"]),
@@ -113,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         res["subprocess_wall_s"] = round(run.wall_s, 2)
         res["waited_for_quiet_s"] = round(waited, 1)
         results[key] = res
+        for extra_key, extra in res.pop("also", {}).items():  # a step that measured more than one row
+            results[extra_key] = extra
         status = f" ERROR {res['error']}" if res.get("error") and "rounds" not in res else ""
+        status = f" {res['skipped']}" if res.get("skipped") else status
         print(f" {run.wall_s:.1f} s{status}", file=sys.stderr, flush=True)
     monitor.stop()
     total = time.perf_counter() - started
