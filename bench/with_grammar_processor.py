@@ -63,6 +63,7 @@ def main() -> None:
     started = time.perf_counter()
     import llguidance
     import llguidance.hf
+    import llguidance.torch
     import torch
     from PIL import Image
     from transformers import AutoModelForImageTextToText, LogitsProcessorList
@@ -86,6 +87,10 @@ def main() -> None:
     ll_tokenizer = llguidance.hf.from_tokenizer(processor.tokenizer, n_vocab=vocab_size, eos_token=eos_ids)
     grammar = llguidance.LLMatcher.grammar_from_json_schema(
         constraint_schema(schema.json_schema()), defaults=JSON_OPTIONS
+    )
+    # apply_token_bitmask_inplace is torch.compile'd: compile it here (seconds), not in the first round.
+    llguidance.torch.apply_token_bitmask_inplace(
+        torch.zeros(BATCH, vocab_size), llguidance.torch.allocate_token_bitmask(BATCH, vocab_size)
     )
     compile_s = time.perf_counter() - t0
 
