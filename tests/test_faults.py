@@ -149,16 +149,16 @@ def test_generate_raises(model_env, five, tmp_path, monkeypatch, think):
 
 def test_batch_level_generate_failure_retries_rows(model_env, five, tmp_path, monkeypatch):
     """Even a backend that fails whole batches (no isolation of its own) fails one document only."""
-    from glmv_cli.engine.factory import LazyLocalBackend
+    from glmv_cli.engine.local import LocalBackend
 
-    real = LazyLocalBackend.generate
+    real = LocalBackend.generate
 
     def generate(self, requests):
         if _bad_rows(requests):
             raise RuntimeError("batch exploded")
         return real(self, requests)
 
-    monkeypatch.setattr(LazyLocalBackend, "generate", generate)
+    monkeypatch.setattr(LocalBackend, "generate", generate)
     assert_one_failed(*run(five, tmp_path, "--batch-size", "5"), "generation_failed")
 
 

@@ -15,8 +15,8 @@ from transformers.generation.streamers import BaseStreamer
 
 from glmv_cli import DEFAULT_MODEL
 from glmv_cli.engine.base import Backend, Generation, GenerationSettings, Request
-from glmv_cli.engine.factory import local_identity
 from glmv_cli.engine.grammar import GrammarCompiler, StepProcessor
+from glmv_cli.engine.identity import local_identity
 from glmv_cli.engine.loader import LoadedModel, load_model
 from glmv_cli.engine.text import THINK_CLOSE, AnswerFilter, split_thinking
 
