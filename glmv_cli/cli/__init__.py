@@ -9,6 +9,7 @@ import typer
 from glmv_cli import __version__
 from glmv_cli.cli import ask as ask_cmd
 from glmv_cli.cli import cache as cache_cmd
+from glmv_cli.cli import eval as eval_cmd
 from glmv_cli.cli import extract as extract_cmd
 from glmv_cli.cli import schemas as schemas_cmd
 
@@ -61,6 +62,7 @@ def _root(
 
 app.command("extract")(extract_cmd.extract)
 app.command("ask")(ask_cmd.ask)
+app.command("eval")(eval_cmd.eval_)
 app.add_typer(schemas_cmd.app, name="schemas")
 app.add_typer(cache_cmd.app, name="cache")
 

@@ -1,0 +1,124 @@
+"""Aggregate per-document comparisons into the `glmv eval` report."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from glmv_cli.evaluation.compare import Comparison, Counts, compare_document
+from glmv_cli.evaluation.mapping import apply_map, load_map, scope
+from glmv_cli.evaluation.sources import read_predictions, read_truth
+
+THRESHOLDS = [round(0.5 + 0.05 * i, 2) for i in range(10)]  # 0.5 .. 0.95
+WORST = 5
+
+
+@dataclass
+class FieldScore:
+    """Precision, recall and F1 of one field (or of all fields: `*`)."""
+
+    field: str
+    tp: int
+    fp: int
+    fn: int
+    precision: float
+    recall: float
+    f1: float
+
+    @classmethod
+    def of(cls, name: str, counts: Counts) -> FieldScore:
+        return cls(name, counts.tp, counts.fp, counts.fn, counts.precision, counts.recall, counts.f1)
+
+
+@dataclass
+class DocumentScore:
+    """One document's outcome: status ok, failed (record failed) or missing (no record)."""
+
+    file: str
+    status: str
+    f1: float
+    tp: int
+    fp: int
+    fn: int
+
+
+@dataclass
+class ConfidenceRow:
+    """At threshold t: share of wrong values with confidence below t, of right values at or above it."""
+
+    threshold: float
+    wrong_below: float | None
+    right_above: float | None
+
+
+@dataclass
+class Report:
+    """Everything `glmv eval` prints."""
+
+    documents: int  # documents with truth
+    failed: int  # their record failed: every truth value counts as missed
+    missing: int  # no record for them: every truth value counts as missed
+    unlabelled: int  # records without truth, not scored
+    exact_documents: int
+    exact_rate: float
+    overall: FieldScore  # micro-averaged over every field value
+    fields: list[FieldScore]
+    worst: list[DocumentScore]
+    confidence: list[ConfidenceRow] | None = None
+    scored_fields: list[str] | None = field(default=None)  # with --map: the only fields scored
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate(predictions: Path, truth: Path, map_spec: str | None = None) -> Report:
+    """Score a JSONL of records against ground truth, optionally renaming truth keys with a map."""
+    records = read_predictions(predictions)
+    truths = read_truth(truth)
+    fields = load_map(map_spec) if map_spec else None
+    scored = scope(fields) if fields else None
+    docs: list[DocumentScore] = []
+    per_field: dict[str, Counts] = {}
+    confidence: list[tuple[float, bool]] = []
+    for key, raw_truth in truths.items():
+        expected = apply_map(raw_truth, fields) if fields else raw_truth
+        record = records.get(key)
+        status = "missing" if record is None else "ok" if record.get("status") == "ok" else "failed"
+        data = record.get("data") if status == "ok" else None
+        result: Comparison = compare_document(data, expected, record and record.get("confidence"), scored)
+        for name, counts in result.fields.items():
+            per_field.setdefault(name, Counts()).add(counts)
+        confidence += result.confidence
+        total = result.total()
+        docs.append(DocumentScore(record["file"] if record else key, status, total.f1, total.tp, total.fp, total.fn))
+    overall = Counts()
+    for counts in per_field.values():
+        overall.add(counts)
+    exact = sum(d.status == "ok" and d.fp == 0 and d.fn == 0 for d in docs)
+    return Report(
+        documents=len(docs),
+        failed=sum(d.status == "failed" for d in docs),
+        missing=sum(d.status == "missing" for d in docs),
+        unlabelled=len(records.keys() - truths.keys()),
+        exact_documents=exact,
+        exact_rate=exact / len(docs) if docs else 0.0,
+        overall=FieldScore.of("*", overall),
+        fields=[FieldScore.of(name, per_field[name]) for name in sorted(per_field)],
+        worst=sorted(docs, key=lambda d: (d.f1, d.file))[:WORST],
+        confidence=_separation(confidence) if confidence else None,
+        scored_fields=sorted(scored) if scored else None,
+    )
+
+
+def _separation(pairs: list[tuple[float, bool]]) -> list[ConfidenceRow]:
+    wrong = [c for c, right in pairs if not right]
+    right = [c for c, ok in pairs if ok]
+    return [
+        ConfidenceRow(
+            t,
+            sum(c < t for c in wrong) / len(wrong) if wrong else None,
+            sum(c >= t for c in right) / len(right) if right else None,
+        )
+        for t in THRESHOLDS
+    ]
