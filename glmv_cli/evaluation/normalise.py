@@ -9,7 +9,9 @@ from typing import Any
 
 NUMBER_TOLERANCE = 0.005  # half a cent: amounts printed with two decimals compare equal
 
-_CURRENCY = re.compile(r"[$€£¥₹₩]|\b(?:[A-Z]{3}|RM|Rp|kr)\b")
+_SYMBOL = re.compile(r"[$€£¥₹₩]")
+# A currency code only before or after the digits, never inside a word: "INV-100" is not -100.
+_CODE = re.compile(r"^(?:[A-Z]{3}|RM|Rp|kr)(?=[\s\d])|(?<=[\s\d])(?:[A-Z]{3}|RM|Rp|kr)$")
 _DIGITS = re.compile(r"\d(?:[\d.,' \u00a0]*\d)?")
 _MONTHS = {m: i for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)}  # noqa: SIM905
 _YMD = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?:[T ].*)?")
@@ -50,7 +52,7 @@ def same(a: tuple[str, Any] | None, b: tuple[str, Any] | None) -> bool:
 
 def parse_number(text: str) -> float | None:
     """A number from '1.234,56', '1,234.56', '$ 12.00', '12,5', '(3.00)'; None if it is not one."""
-    body = _CURRENCY.sub("", text).strip()
+    body = _CODE.sub("", _SYMBOL.sub("", text).strip()).strip()
     negative = body.startswith(("-", "−")) or body.startswith("(") and body.endswith(")")
     body = body.strip("-−+() ")
     if not _DIGITS.fullmatch(body):
