@@ -18,9 +18,9 @@ def test_every_command_is_documented():
         assert f"glmv {name}" in README, name
 
 
-def test_every_extract_and_ask_flag_is_documented():
+def test_every_extract_ask_and_eval_flag_is_documented():
     group = typer.main.get_command(app)
-    for command in ("extract", "ask"):
+    for command in ("extract", "ask", "eval"):
         for param in group.commands[command].params:
             # typer may ship its own click: test the kind by name, not by class identity.
             if param.param_type_name == "option" and param.name not in (
