@@ -19,15 +19,15 @@ N_IMAGES = 8
 def main() -> None:
     from PIL import Image
 
-    from glmv_cli.engine import grammar
     from glmv_cli.engine.base import GenerationSettings, Request
     from glmv_cli.engine.factory import create_backend
+    from glmv_cli.engine.steps import StepProcessor
     from glmv_cli.extraction.constraint import constraint_schema
     from glmv_cli.extraction.prompt import SYSTEM, build_prompt
     from glmv_cli.extraction.schemas import resolve_schema
 
     step_time = {"s": 0.0, "calls": 0}
-    original = grammar.StepProcessor.__call__
+    original = StepProcessor.__call__
 
     def timed(self, input_ids, scores):  # noqa: ANN001 - mirrors LogitsProcessor.__call__
         t0 = time.perf_counter()
@@ -37,7 +37,7 @@ def main() -> None:
             step_time["s"] += time.perf_counter() - t0
             step_time["calls"] += 1
 
-    grammar.StepProcessor.__call__ = timed
+    StepProcessor.__call__ = timed
 
     backend = create_backend(str(TINY), batch_size=1).real
     schema = resolve_schema(SCHEMA)

@@ -7,7 +7,14 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "glmv_cli"
 HEAVY = {"torch", "transformers", "llguidance", "tokenizers"}
-HEAVY_ALLOWED = {"engine/local.py", "engine/loader.py", "engine/grammar.py", "engine/tiny.py"}
+HEAVY_ALLOWED = {
+    "engine/local.py",
+    "engine/loader.py",
+    "engine/grammar.py",
+    "engine/closing.py",
+    "engine/steps.py",
+    "engine/tiny.py",
+}
 # llguidance alone is light (a Rust extension, ~30 ms to import beside pydantic, no torch):
 # the schema check compiles a grammar before any model loads.
 LLGUIDANCE_ALLOWED = {"extraction/schema_check.py"}

@@ -196,7 +196,7 @@ def test_prepared_requests_collate_like_the_processor(backend):
 def test_error_rows_may_only_stop():
     import torch
 
-    from glmv_cli.engine.grammar import StepProcessor, apply_bitmask
+    from glmv_cli.engine.steps import StepProcessor, apply_bitmask
 
     steps = StepProcessor([object()], 128, {5, 31, 63})  # 31 and 63 sit on the sign bit of an int32 word
     steps._allow_only_eos(0)

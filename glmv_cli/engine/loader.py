@@ -48,6 +48,7 @@ class LoadedModel:
     processor_kind: str  # "stock" or "image-only" (no torchvision)
     load_s: float
     grammar: Any = None  # the llguidance compiler, built on first constrained request
+    closer: Any = None  # the closing rule, likewise
 
 
 def pick_device(device: str = "auto") -> str:

@@ -15,9 +15,11 @@ from transformers.generation.streamers import BaseStreamer
 
 from glmv_cli import DEFAULT_MODEL
 from glmv_cli.engine.base import Backend, Generation, GenerationSettings, Request
-from glmv_cli.engine.grammar import GrammarCompiler, StepProcessor
+from glmv_cli.engine.closing import Closer, closing_step
+from glmv_cli.engine.grammar import GrammarCompiler
 from glmv_cli.engine.identity import local_identity
 from glmv_cli.engine.loader import LoadedModel, load_model
+from glmv_cli.engine.steps import StepProcessor
 from glmv_cli.engine.text import THINK_CLOSE, AnswerFilter, split_thinking
 
 _MODELS: dict[tuple, LoadedModel] = {}
@@ -91,6 +93,13 @@ class LocalBackend(Backend):
         if lm.grammar is None:  # shared with every backend on the same weights
             lm.grammar = GrammarCompiler(lm.tokenizer, lm.vocab_size, lm.eos_ids)
         return lm.grammar
+
+    @property
+    def closer(self) -> Closer:
+        lm = self.loaded
+        if lm.closer is None:  # shared like the grammar; its token tables are built on first closing
+            lm.closer = Closer(lm.tokenizer, lm.vocab_size, lm.eos_ids)
+        return lm.closer
 
     def prepare_schema(self, schema: dict[str, Any]) -> float:
         """Compile a schema's grammar ahead of the first document; returns set-up seconds."""
@@ -258,10 +267,10 @@ class LocalBackend(Backend):
             set(eos_ids),
             logprobs=settings.logprobs,
             close_after=[
-                closing_step(settings.max_new_tokens, self.grammar.reserve(r.json_schema)) if m is not None else None
+                closing_step(settings.max_new_tokens, self.closer.reserve(r.json_schema)) if m is not None else None
                 for r, m in zip(requests, matchers, strict=True)
             ],
-            closer=lambda: self.grammar.closer,
+            closer=self.closer,
         )
         config = GenerationConfig(
             max_new_tokens=settings.max_new_tokens,
@@ -344,11 +353,6 @@ def kv_cache_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     width = torch.empty((), dtype=dtype).element_size()
     return text.num_hidden_layers * kv_heads * head_dim * 2 * width
-
-
-def closing_step(max_new_tokens: int, reserve: int) -> int:
-    """The step after which a constrained answer is steered to close (at most half the budget is kept)."""
-    return max_new_tokens - min(reserve, max_new_tokens // 2)
 
 
 def collate(encodings: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
