@@ -8,6 +8,7 @@ from typing import Any
 import llguidance
 import numpy as np
 import torch
+from llguidance.torch import allocate_token_bitmask, fill_next_token_bitmask_par
 from transformers import LogitsProcessor
 
 from glmv_cli.engine.closing import Closer
@@ -32,7 +33,12 @@ def _bits(device: torch.device) -> torch.Tensor:
 
 
 def apply_bitmask(scores: torch.Tensor, bitmask: torch.Tensor) -> None:
-    """Set disallowed token scores to -inf in place (bit i of word j allows token 32*j+i)."""
+    """Set disallowed token scores to -inf in place (bit i of word j allows token 32*j+i).
+
+    Not llguidance.torch.apply_token_bitmask_inplace: it is torch.compile'd, so every process
+    pays seconds of compiling on first use, and at the tiny checkpoint's vocabulary it is
+    slower than this (its speed shows at a full-size vocabulary).
+    """
     if scores.device.type == "cpu":  # numpy unpacks bits in about half the time of torch ops
         bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=-1, bitorder="little").view(np.bool_)
         allowed = torch.from_numpy(bits)[:, : scores.shape[1]]
@@ -67,7 +73,7 @@ class StepProcessor(LogitsProcessor):
         self.steps = 0
         self.closed_early = [False] * len(matchers)
         self._lex = [(False, False)] * len(matchers)  # (in a JSON string, after a backslash)
-        self.bitmask = torch.full((len(matchers), (vocab_size + 31) // 32), -1, dtype=torch.int32)
+        self.bitmask = allocate_token_bitmask(len(matchers), vocab_size)
         self.first_step_at: float | None = None
         self.logprobs = logprobs
         self._last_logprobs: torch.Tensor | None = None
@@ -112,22 +118,19 @@ class StepProcessor(LogitsProcessor):
                 self._allow_only_eos(i)  # end the row rather than emit unconstrained text
             else:
                 healthy.append(i)
-        width = self.bitmask.shape[1] * 4
         # On CPU torch's own threads already use every core: a parallel fill only adds contention
         # (measured at batch 8 on 2 cores: 335 us a step in parallel, 170-190 us one row at a time).
         if parallel and len(healthy) > 1:  # llguidance fills the rows in parallel, off the GIL
-            _executor().unsafe_compute_mask_ptr(
-                [(self.matchers[i], i) for i in healthy], self.bitmask.data_ptr(), width, self.bitmask.shape[0]
-            )
-        else:
+            fill_next_token_bitmask_par(_executor(), [(self.matchers[i], i) for i in healthy], self.bitmask)
+        else:  # the raw call: llguidance.torch.fill_next_token_bitmask's checks add ~3 us a row
             for i in healthy:
-                self.matchers[i].unsafe_compute_mask_ptr(self.bitmask[i].data_ptr(), width)
+                self.matchers[i].unsafe_compute_mask_ptr(self.bitmask[i].data_ptr(), self.bitmask.shape[1] * 4)
 
     def _allow_only_eos(self, i: int) -> None:
-        self.bitmask[i].zero_()
+        words = self.bitmask[i].numpy().view(np.uint32)  # unsigned: bit 31 is a bit like any other
+        words[:] = 0
         for token in self.eos_ids:
-            bit = 1 << (token % 32)
-            self.bitmask[i, token // 32] |= bit - (1 << 32) if bit >= 1 << 31 else bit  # as a signed int32
+            words[token // 32] |= 1 << (token % 32)
 
     def _consume(self, tokens: list[int]) -> None:
         for i, token in enumerate(tokens):
