@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from glmv_cli.errors import UsageError
 from glmv_cli.extraction.schemas import INLINE_TYPES, model_from_dsl
-from glmv_cli.inputs.pages import MAX_PAGE_NUMBER, parse_page_spec
+from glmv_cli.inputs.pages import MAX_PAGE_NUMBER, format_page_ranges, parse_page_spec
 from glmv_cli.outputs.writers import RECORD_COLUMNS, open_writer
 from glmv_cli.records import Record
 
@@ -99,17 +99,6 @@ def test_dsl_keywords_are_plain_field_names():
 # --- page specs -----------------------------------------------------------------------------
 
 
-def _spec(numbers: list[int]) -> str:
-    """Sorted page numbers as runs: [1, 2, 3, 5] -> "1-3,5"."""
-    runs: list[list[int]] = []
-    for n in numbers:
-        if runs and n == runs[-1][1] + 1:
-            runs[-1][1] = n
-        else:
-            runs.append([n, n])
-    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in runs)
-
-
 @st.composite
 def page_range(draw) -> tuple[int, int]:
     # Mostly small pages, sometimes near the cap, where an off-by-one would show.
@@ -154,7 +143,7 @@ def test_page_spec_of_any_text_is_pages_none_or_usage_error(text):
 @given(st.lists(st.integers(1, MAX_PAGE_NUMBER), min_size=1, max_size=30, unique=True))
 def test_page_spec_round_trips_through_its_text_form(numbers):
     numbers.sort()
-    assert parse_page_spec(_spec(numbers)) == numbers
+    assert parse_page_spec(format_page_ranges(numbers)) == numbers
 
 
 # --- CSV flattening -------------------------------------------------------------------------

@@ -337,8 +337,7 @@ def test_builtins_and_inline_pass_the_check_quickly(spec: str | None) -> None:
     assert min(timings) < 0.2
 
 
-def test_check_loads_no_torch_and_matches_the_engine_options() -> None:
-    import ast
+def test_check_loads_no_torch() -> None:
     import subprocess
     import sys
 
@@ -350,13 +349,6 @@ def test_check_loads_no_torch_and_matches_the_engine_options() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
-    from glmv_cli.extraction.schema_check import GRAMMAR_OPTIONS
-
-    source = (Path(__file__).resolve().parents[1] / "glmv_cli" / "engine" / "grammar.py").read_text()
-    assigned = {
-        n.targets[0].id: n.value for n in ast.parse(source).body if isinstance(n, ast.Assign) and len(n.targets) == 1
-    }
-    assert ast.literal_eval(assigned["_JSON_OPTIONS"]) == GRAMMAR_OPTIONS, "the check compiles as the engine does"
 
 
 def test_inline_dsl() -> None:

@@ -12,6 +12,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Compact JSON: no free whitespace, so a weak model cannot loop on spaces. Shared by the engine's
+# grammar and the torch-free schema check, so the check compiles exactly what generation will.
+JSON_GRAMMAR_OPTIONS = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+
 
 class GenerationSettings(BaseModel):
     """Decoding settings; everything here changes the answer, so it is part of cache keys."""

@@ -13,8 +13,7 @@ from typing import Any
 
 import llguidance
 
-# Compact JSON: no free whitespace, so a weak model cannot loop on spaces.
-_JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+from glmv_cli.engine.base import JSON_GRAMMAR_OPTIONS
 
 
 class GrammarCompiler:
@@ -34,7 +33,7 @@ class GrammarCompiler:
         key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
         if key not in self._grammars:
             started = time.perf_counter()
-            grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_GRAMMAR_OPTIONS)
             is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.tokenizer)
             if is_error:
                 raise ValueError(f"schema cannot be compiled to a grammar: {messages[0]}")

@@ -11,12 +11,10 @@ from typing import Any
 import llguidance
 from pydantic import PydanticUserError
 
+from glmv_cli.engine.base import JSON_GRAMMAR_OPTIONS
 from glmv_cli.errors import UsageError
 from glmv_cli.extraction.constraint import constraint_schema
 from glmv_cli.extraction.schemas import ResolvedSchema, recursive_error, ref_cycle
-
-# The same options as engine/grammar.py (a test keeps them equal): compact JSON, no free whitespace.
-GRAMMAR_OPTIONS = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
 
 
 def check_schema(resolved: ResolvedSchema) -> None:
@@ -40,7 +38,7 @@ def check_schema(resolved: ResolvedSchema) -> None:
 def grammar_problem(schema: dict[str, Any]) -> str | None:
     """llguidance's one-line complaint about a JSON Schema, or None when it compiles (no tokenizer needed)."""
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=GRAMMAR_OPTIONS)
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_GRAMMAR_OPTIONS)
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, None)
     except (TypeError, ValueError) as exc:
         return _joined(str(exc))
