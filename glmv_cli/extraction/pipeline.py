@@ -128,7 +128,7 @@ class Extractor:
         self._cache_lock = threading.Lock()
         self._stop = threading.Event()
         self._renderer: PdfRenderer | None = None
-        self._gate = ByteGate(self.options.prefetch_bytes)
+        self._gate = ByteGate(self.options.prefetch_bytes)  # made anew by each run()
         self.model_calls = 0
 
     # -- stopping --------------------------------------------------------------------------------
@@ -273,8 +273,8 @@ class Extractor:
     def run(self, paths: Sequence[str | Path]) -> Iterator[Record]:
         """Yield one record per document (per page with per_page), in input order.
 
-        After stop(), the batch in flight finishes, the records complete in input order are
-        yielded, and the run ends; the other documents are left for the next run.
+        After stop(), the batch in flight finishes, every complete document is yielded (still in
+        input order, with gaps where documents were left unfinished), and the run ends.
         """
         size = self.options.batch_size  # the backend's default is asked for only once a model is needed
         # Memory is bounded by bytes (the gate) plus the few documents being read ahead of it.
@@ -319,6 +319,9 @@ class Extractor:
                 while next_out in states and states[next_out].complete:
                     yield from states.pop(next_out).ordered()
                     next_out += 1
+            # Stopped: documents finished behind a gap (batches run shortest first) are written too.
+            for index in sorted(i for i, state in states.items() if state.complete):
+                yield from states.pop(index).ordered()
         finally:
             finished.set()
             while producer.is_alive():  # unblock the producer so its thread can end
