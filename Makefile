@@ -9,7 +9,7 @@ VLLM_VENV ?= .venv-vllm
 
 install:  ## create .venv and install glmv (editable) with the dev tools, CPU torch pinned
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -c constraints.txt -e ".[local,serve,dev]"
 
 test:  ## the hermetic test suite (builds the tiny checkpoint once per session); slow corpus runs excluded
 	$(BIN)/python -m pytest -q -m "not slow"
