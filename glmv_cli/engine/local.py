@@ -341,6 +341,7 @@ class LocalBackend(Backend):
             **timing,
             token_logprobs=logprobs,
             tokens=[tok.decode([t]) for t in ids] if logprobs is not None else None,
+            token_bytes=[self.grammar.tokenizer.decode_bytes([t]) for t in ids] if logprobs is not None else None,
             tag=req.tag,
         )
 
