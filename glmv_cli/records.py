@@ -1,4 +1,4 @@
-"""The record every document ends in: ok with data, or failed with an error and the raw text."""
+"""The record every document ends in: ok or review with data, or failed with an error and the raw text."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Status = Literal["ok", "failed", "duplicate"]
+Status = Literal["ok", "review", "failed", "duplicate"]  # review: data written, but worth a human look
 
 
 class Timings(BaseModel):
@@ -31,9 +31,11 @@ class Record(BaseModel):
     pages_cut: int = 0  # selected pages left out by --max-pages (the warning says which were used)
     status: Status
     data: dict[str, Any] | None = None
+    confidence: Any = None  # shaped like data: each leaf's confidence in [0, 1] (None: not measured)
     error: str | None = None
     error_code: str | None = None  # stable machine-readable reason for a failure (errors.ERROR_CODES)
-    warning: str | None = None  # ok, but worth a look (e.g. the answer was closed early)
+    warning: str | None = None  # about the input, e.g. pages left out by --max-pages
+    review_reasons: list[str] | None = None  # why the status is review: "field: why", one per doubt
     raw: str | None = None  # the model's text, kept on failure
     duplicate_of: str | None = None
     cached: bool = False

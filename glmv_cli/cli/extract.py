@@ -16,12 +16,18 @@ import typer
 
 from glmv_cli import DEFAULT_MODEL
 from glmv_cli.cli.common import (
+    ApiKeyOpt,
+    BackendOpt,
+    BaseUrlOpt,
+    ConcurrencyOpt,
     DeviceOpt,
     DpiOpt,
     DtypeOpt,
     ModelOpt,
     PasswordOpt,
     QuantOpt,
+    RemoteModelOpt,
+    RequestTimeoutOpt,
     RevisionOpt,
     ThinkOpt,
     handle_errors,
@@ -93,6 +99,16 @@ def extract(
     refresh: Annotated[bool, typer.Option(help="Recompute every document and update the cache.")] = False,
     repair: Annotated[bool, typer.Option("--repair/--no-repair", help="Retry once when validation fails.")] = True,
     stats_json: Annotated[Path | None, typer.Option(help="Write the run statistics as JSON here.")] = None,
+    confidence: Annotated[
+        bool, typer.Option(help="CSV: a <column>.confidence column beside each data column (JSON always has them).")
+    ] = False,
+    review_below: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, max=1.0, metavar="T", help="Mark a document review when any value's confidence is below T."
+        ),
+    ] = None,
+    strict: Annotated[bool, typer.Option(help="Exit 3 when any document is review, as for failed ones.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="One line per document on stderr.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only data and errors.")] = False,
     model: ModelOpt = DEFAULT_MODEL,
@@ -100,10 +116,17 @@ def extract(
     dtype: DtypeOpt = "auto",
     quant: QuantOpt = "auto",
     revision: RevisionOpt = None,
+    backend_name: BackendOpt = "local",
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    remote_model: RemoteModelOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    request_timeout: RequestTimeoutOpt = 600,
 ) -> None:
     """Extract one validated record per document into JSONL (stdout), JSON or CSV.
 
-    Exit codes: 0 all documents ok; 3 some failed (the rest are written); 2 usage error;
+    Exit codes: 0 all documents ok or review; 3 some failed (the rest are written), or some are
+    review with --strict; 2 usage error;
     1 fatal (model cannot load, output not writable); 130 interrupted (Ctrl-C: what finished
     is written; a second Ctrl-C stops at once and leaves a file output as it was).
     """
@@ -143,11 +166,27 @@ def extract(
     writer = None
     dir_writer = DirWriter(out_dir) if out_dir else None
     if dir_writer is None:
-        writer = open_writer(fmt, output, sys.stdout, columns_schema=resolved.json_schema(), explode=explode)
+        writer = open_writer(
+            fmt, output, sys.stdout, columns_schema=resolved.json_schema(), explode=explode, confidence=confidence
+        )
     if not quiet:
         console.print(f"schema: {resolved.describe()}", markup=False, highlight=False)
-    backend = create_backend(model, device=device, dtype=dtype, quant=quant, revision=revision, batch_size=batch_size)
-    settings = GenerationSettings(max_new_tokens=max_tokens, think=think, think_budget=think_budget)
+    backend = create_backend(
+        model,
+        backend=backend_name,
+        device=device,
+        dtype=dtype,
+        quant=quant,
+        revision=revision,
+        batch_size=batch_size,
+        base_urls=base_url,
+        api_key=api_key,
+        remote_model=remote_model,
+        concurrency=concurrency,
+        request_timeout=request_timeout,
+    )
+    # log-probabilities always: every value gets a confidence, in the records and for --review-below
+    settings = GenerationSettings(max_new_tokens=max_tokens, think=think, think_budget=think_budget, logprobs=True)
     options = ExtractOptions(
         pages=page_list,
         max_pages=max_pages,
@@ -167,6 +206,7 @@ def extract(
         read_timeout=read_timeout,
         render_timeout=render_timeout,
         prefetch_bytes=prefetch_mb * 1024 * 1024,
+        review_below=review_below,
     )
     extractor = Extractor(backend, resolved, options, cache=ResultCache() if cache else None)
     stats = RunStats()
@@ -205,7 +245,7 @@ def extract(
     if extractor.stopped:
         console.print(f"interrupted: {stats.done} of {len(files)} documents written; run again to finish")
         raise typer.Exit(int(ExitStatus.INTERRUPTED))
-    if summary["docs_failed"]:
+    if summary["docs_failed"] or (strict and summary["docs_review"]):
         raise typer.Exit(int(ExitStatus.PARTIAL))
 
 

@@ -25,6 +25,7 @@ class ProgressView:
         self.verbose = verbose and not quiet
         self.pages = 0
         self.failed = 0
+        self.review = 0
         self.live = console.is_terminal and not quiet
         self.progress: Progress | None = None
         if self.live:
@@ -32,7 +33,10 @@ class ProgressView:
                 TextColumn("[bold]extract"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("docs | {task.fields[pages]} pages | [red]{task.fields[failed]} failed[/]"),
+                TextColumn(
+                    "docs | {task.fields[pages]} pages | [yellow]{task.fields[review]} review[/] "
+                    "| [red]{task.fields[failed]} failed[/]"
+                ),
                 TimeElapsedColumn(),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
@@ -40,7 +44,7 @@ class ProgressView:
                 console=console,
                 transient=False,
             )
-            self.task = self.progress.add_task("extract", total=total, pages=0, failed=0, current="")
+            self.task = self.progress.add_task("extract", total=total, pages=0, review=0, failed=0, current="")
 
     def __enter__(self) -> ProgressView:
         if self.progress:
@@ -54,20 +58,26 @@ class ProgressView:
     def update(self, record: Record) -> None:
         self.pages += len(record.pages)
         self.failed += record.status == "failed"
+        self.review += record.status == "review"
         if self.progress:
             name = record.file if len(record.file) < 40 else "..." + record.file[-37:]
-            self.progress.update(self.task, advance=1, pages=self.pages, failed=self.failed, current=name)
+            counts = {"pages": self.pages, "review": self.review, "failed": self.failed}
+            self.progress.update(self.task, advance=1, current=name, **counts)
         if self.verbose:
             self.console.print(document_line(record), markup=False)
 
 
 def document_line(record: Record) -> str:
-    """One line per document for -v: status, file, time, and the reason for a failure."""
+    """One line per document for -v: status, file, time, and the reason for a failure or a review."""
     took = record.timings.total
     when = "cached" if record.cached else (f"{took:.2f}s" if took is not None else "-")
     line = f"{record.status:9} {record.file} ({when})"
     if record.status == "failed" and record.error:
         line += f": [{record.error_code}] {record.error}"
+    elif record.status == "review" and record.review_reasons:
+        line += ": " + "; ".join(record.review_reasons)
+        if record.warning:
+            line += f"; warning: {record.warning}"
     elif record.warning:
         line += f": warning: {record.warning}"
     elif record.status == "duplicate":
@@ -85,6 +95,7 @@ def stats_table(summary: dict[str, Any]) -> Table:
     table.add_column("value", justify="right")
     rows = [
         ("documents ok", str(summary["docs_ok"])),
+        ("documents to review", str(summary["docs_review"])),
         ("documents failed", str(summary["docs_failed"])),
         ("duplicates", str(summary["docs_duplicate"])),
         ("from cache", str(summary["docs_cached"])),

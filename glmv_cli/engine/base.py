@@ -28,7 +28,7 @@ class GenerationSettings(BaseModel):
     seed: int | None = None
     think: bool = False
     think_budget: int | None = None  # max thinking tokens when think is on
-    logprobs: bool = False  # per-token log-probabilities of the chosen tokens (unconstrained)
+    logprobs: bool = False  # per-token log-probabilities of the chosen tokens, before the grammar mask
 
 
 class Request(BaseModel):
@@ -65,6 +65,7 @@ class Generation(BaseModel):
     batch_size: int = 1
     token_logprobs: list[float] | None = None
     tokens: list[str] | None = None  # decoded tokens, aligned with token_logprobs
+    token_bytes: list[bytes] | None = None  # each token's exact bytes (a character may span tokens)
     tag: Any = None
 
     @property

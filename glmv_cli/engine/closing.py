@@ -14,8 +14,14 @@ import torch
 
 
 def closing_step(max_new_tokens: int, reserve: int) -> int:
-    """The step after which a constrained answer is steered to close (at most half the budget is kept)."""
-    return max_new_tokens - min(reserve, max_new_tokens // 2)
+    """The step after which a constrained answer is steered to close.
+
+    At most half the budget is kept for closing, unless half is less than the shortest valid
+    answer (reserve is twice that, plus 16): then closing starts early enough to write that
+    answer, from the first step if need be, so a tight budget still gives valid JSON.
+    """
+    keep = min(reserve, max(max_new_tokens // 2, reserve // 2 + 8))
+    return max(0, max_new_tokens - keep)
 
 
 class Closer:

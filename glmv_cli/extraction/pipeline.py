@@ -21,6 +21,13 @@ from typing import Any
 from glmv_cli.cache import ResultCache, cache_key
 from glmv_cli.engine.base import Backend, Generation, GenerationSettings, Request
 from glmv_cli.errors import GlmvError, InputError, ModelLoadError, UsageError
+from glmv_cli.extraction.confidence import (
+    CLOSED_EARLY,
+    below_reasons,
+    confidence_like,
+    is_threshold_reason,
+    leaf_confidence,
+)
 from glmv_cli.extraction.constraint import constraint_schema
 from glmv_cli.extraction.loading import TIMEOUT_CODES, ByteGate, LoaderPool, LoadTask
 from glmv_cli.extraction.parse import validate
@@ -45,7 +52,9 @@ class ExtractOptions:
     password: str | None = None
     text_hint: str = "auto"  # auto | on | off
     per_page: bool = False
-    settings: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=2048))
+    # log-probabilities on: every extracted value gets a confidence (extraction/confidence.py)
+    settings: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=2048, logprobs=True))
+    review_below: float | None = None  # a value with lower confidence makes its document `review`
     batch_size: int | None = None
     repair: bool = True
     use_cache: bool = True
@@ -198,7 +207,9 @@ class Extractor:
             with self._cache_lock:
                 hit = self.cache.get(key)
             if hit is not None:
-                records = [Record.model_validate({**r, "file": name, "cached": True}) for r in hit["records"]]
+                records = [
+                    self._reviewed(Record.model_validate({**r, "file": name, "cached": True})) for r in hit["records"]
+                ]
                 return _Prepared(task.index, name, sha, key, records=records)
         task.enter("decode")
         try:
@@ -470,31 +481,56 @@ class Extractor:
             output_tokens=output_tokens,
             tokens_per_s=round((output_tokens - len(gens)) / decode_s, 2) if decode_s > 0 else None,
         )
-        warnings = [job.note] if job.note else []
-        if error is None and last.closed_early:
-            warnings.append(
-                f"the answer reached its token budget ({self.options.settings.max_new_tokens}) and was "
-                "closed early: lists or text may be incomplete (raise --max-tokens)"
-            )
+        reasons, confidence = [], None
+        if error is None:
+            if last.closed_early:
+                reasons.append(CLOSED_EARLY.format(budget=self.options.settings.max_new_tokens))
+            confidence = self._confidence(last, data)
         code = None
         if error is not None:
             code = "generation_failed" if last.finish_reason == "error" else "invalid_output"
-        return Record(
+        record = Record(
             file=job.name,
             pages=job.pages,
             page_count=job.page_count,
             pages_cut=job.pages_cut,
             status="ok" if error is None else "failed",
             data=data,
+            confidence=confidence,
             error=error,
             error_code=code,
-            warning="; ".join(warnings) or None,
+            warning=job.note,
+            review_reasons=reasons or None,
             raw=None if error is None else last.text,
             sha256=job.sha256,
             model=self.backend.model_id,
             schema_name=self.schema.name,
             timings=timings,
         )
+        return self._reviewed(record)
+
+    @staticmethod
+    def _confidence(gen: Generation, data: dict[str, Any] | None) -> Any:
+        """Each value's confidence from the answer's raw token log-probabilities (None without them)."""
+        if data is None or gen.token_logprobs is None:
+            return None
+        pieces = gen.token_bytes or [t.encode() for t in gen.tokens or []]
+        try:
+            by_path = leaf_confidence(pieces, gen.token_logprobs)
+        except ValueError:  # not the JSON that was validated (e.g. free text around it): no confidence
+            return None
+        return confidence_like(data, by_path)
+
+    def _reviewed(self, record: Record) -> Record:
+        """Status review when a reason stands: the answer closed early, or a value under --review-below.
+
+        Threshold reasons are recomputed each time, so a cached record follows this run's threshold.
+        """
+        if record.status not in ("ok", "review"):
+            return record
+        kept = [r for r in record.review_reasons or [] if not is_threshold_reason(r)]
+        reasons = kept + below_reasons(record.confidence, self.options.review_below)
+        return record.model_copy(update={"status": "review" if reasons else "ok", "review_reasons": reasons or None})
 
     def _failed(self, name: str, error: str, code: str | None, sha256: str | None = None) -> Record:
         return Record(
@@ -508,9 +544,10 @@ class Extractor:
         )
 
     def _store(self, state: _DocState) -> None:
-        """Cache a document's records once all are ok (failures are retried next run)."""
+        """Cache a document's records once all have data, ok or review (failures are retried next run)."""
         records = state.ordered()
-        if self.cache is None or state.key is None or any(r.status != "ok" or r.cached for r in records):
+        answered = all(r.status in ("ok", "review") and not r.cached for r in records)
+        if self.cache is None or state.key is None or not answered:
             return
         payload = {"records": [r.model_dump(mode="json", by_alias=False, exclude={"file", "cached"}) for r in records]}
         try:

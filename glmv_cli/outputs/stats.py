@@ -33,6 +33,7 @@ class RunStats:
     model_load_s: float | None = None
     wall_s: float | None = None  # set directly, or by start()/stop()
     docs_ok: int = 0
+    docs_review: int = 0  # written with data, flagged for a human look
     docs_failed: int = 0
     docs_duplicate: int = 0
     docs_cached: int = 0
@@ -64,6 +65,8 @@ class RunStats:
             self.docs_page_limited += 1
         if record.status == "ok":
             self.docs_ok += 1
+        elif record.status == "review":
+            self.docs_review += 1
         else:
             self.docs_failed += 1
         self.pages += len(record.pages)
@@ -87,23 +90,24 @@ class RunStats:
     @property
     def done(self) -> int:
         """Documents finished, duplicates included."""
-        return self.docs_ok + self.docs_failed + self.docs_duplicate
+        return self.docs_ok + self.docs_review + self.docs_failed + self.docs_duplicate
 
     def summary(self) -> dict[str, Any]:
         """Counts, throughput and latencies in seconds; None where nothing was measured.
 
-        docs_ok and docs_failed include cached documents (docs_cached says how many);
+        docs_ok, docs_review and docs_failed include cached documents (docs_cached says how many);
         duplicates are counted apart and in nothing else. Latency and TTFT percentiles are
         nearest-rank over processed (non-cached) documents. decode_tokens_per_s_mean is the
         mean of per-document rates; decode_tokens_per_s_aggregate is all output tokens over
-        all generate time. docs_per_min counts ok and failed documents over the wall time.
+        all generate time. docs_per_min counts ok, review and failed documents over the wall time.
         """
-        done = self.docs_ok + self.docs_failed
+        done = self.docs_ok + self.docs_review + self.docs_failed
         wall = self.wall_s
         if wall is None and self._started is not None:
             wall = time.perf_counter() - self._started
         return {
             "docs_ok": self.docs_ok,
+            "docs_review": self.docs_review,
             "docs_failed": self.docs_failed,
             "docs_duplicate": self.docs_duplicate,
             "docs_cached": self.docs_cached,

@@ -17,7 +17,8 @@ from glmv_cli.records import Record
 from glmv_cli.schema_walk import non_null
 
 FORMATS = ("jsonl", "json", "csv")
-RECORD_COLUMNS = ("file", "pages", "status", "error_code", "error", "warning", "cached")
+RECORD_COLUMNS = ("file", "pages", "status", "error_code", "error", "warning", "review_reasons", "cached")
+CONFIDENCE_SUFFIX = ".confidence"  # --confidence: beside each data column, that value's confidence
 
 
 def open_writer(
@@ -27,11 +28,13 @@ def open_writer(
     columns_schema: dict[str, Any] | None = None,
     explode: str | None = None,
     append: bool = False,
+    confidence: bool = False,
 ) -> Writer:
     """A writer for `fmt` (or the path's extension, else jsonl) to `path`, or to `stream` if None.
 
     With a path the file appears only on a successful close (temp file + os.replace), except
     JSONL with append=True, which appends line by line to the file (created if missing).
+    confidence: CSV gets a `<column>.confidence` column beside each data column (JSON always has it).
     """
     if fmt is None:
         suffix = path.suffix.lower().lstrip(".") if path else ""
@@ -47,7 +50,7 @@ def open_writer(
     if fmt != "csv":
         return JsonlWriter(sink) if fmt == "jsonl" else JsonWriter(sink)
     try:
-        return CsvWriter(sink, columns_schema, explode)
+        return CsvWriter(sink, columns_schema, explode, confidence=confidence)
     except BaseException:  # a bad --explode must not leave a temp file behind
         sink.discard()
         raise
@@ -229,11 +232,16 @@ class CsvWriter(Writer):
     Lists that are not exploded, of objects or of scalars, are JSON-encoded in one cell, so
     nothing is lost and the cell parses back with json.loads. None is an empty cell, booleans
     are true/false. Without a schema the columns are the union of the data keys, written at close.
+    With `confidence`, each data column is followed by `<column>.confidence`, read from the
+    record's confidence structure the same way (a list column's cell is the list of confidences).
     """
 
-    def __init__(self, sink: _Sink, schema: dict[str, Any] | None, explode: str | None = None):
+    def __init__(
+        self, sink: _Sink, schema: dict[str, Any] | None, explode: str | None = None, confidence: bool = False
+    ):
         super().__init__(sink)
         self.explode = explode
+        self.confidence = confidence
         self.buffer: list[dict[str, str]] | None = None
         if schema is None:
             if explode:
@@ -258,7 +266,9 @@ class CsvWriter(Writer):
             self.item_columns = sub or [explode]
             i = doc_columns.index(explode)
             doc_columns[i : i + 1] = self.item_columns
-        self.columns = list(RECORD_COLUMNS) + [_data_column(c) for c in doc_columns]
+        self.columns = list(RECORD_COLUMNS) + [
+            name for c in doc_columns for name in self._with_confidence(_data_column(c))
+        ]
         self.data_columns = doc_columns
         self._write_line(self.columns)
 
@@ -277,31 +287,48 @@ class CsvWriter(Writer):
             "error_code": record.error_code or "",
             "error": record.error or "",
             "warning": record.warning or "",
+            "review_reasons": "; ".join(record.review_reasons or []),
             "cached": _cell(record.cached),
         }
         data = record.data or {}
+        confidence = record.confidence if self.confidence and isinstance(record.confidence, dict) else {}
         if self.buffer is not None:
             flat = _flatten_data(data)
+            flat_confidence = _flatten_data(confidence) if self.confidence else {}
             for key in flat:
-                if _data_column(key) not in self.columns:
-                    self.columns.append(_data_column(key))
-            self.buffer.append(base | {_data_column(k): v for k, v in flat.items()})
+                for name in self._with_confidence(_data_column(key)):
+                    if name not in self.columns:
+                        self.columns.append(name)
+            row = {_data_column(k): v for k, v in flat.items()}
+            row |= {_data_column(k) + CONFIDENCE_SUFFIX: v for k, v in flat_confidence.items()}
+            self.buffer.append(base | row)
             return
-        doc = {c: _cell(_lookup(data, c)) for c in self.data_columns if c not in self.item_columns}
-        rows = [{}]
+        columns = [c for c in self.data_columns if c not in self.item_columns]
+        doc = {c: _cell(_lookup(data, c)) for c in columns}
+        doc_scores = {c: _cell(_lookup(confidence, c)) for c in columns} if self.confidence else {}
+        rows: list[tuple[dict[str, str], dict[str, str]]] = [({}, {})]
         if self.explode:
             items = _lookup(data, self.explode) or []
-            rows = [self._item_row(item) for item in items] or [{}]
-        for item_row in rows:
+            scores = _lookup(confidence, self.explode) or []
+            rows = [self._item_row(item, _at(scores, n)) for n, item in enumerate(items)] or rows
+        for item_row, item_scores in rows:
             row = base | {_data_column(k): v for k, v in (doc | item_row).items()}
+            row |= {_data_column(k) + CONFIDENCE_SUFFIX: v for k, v in (doc_scores | item_scores).items()}
             self._write_line([row.get(c, "") for c in self.columns])
 
-    def _item_row(self, item: Any) -> dict[str, str]:
+    def _with_confidence(self, column: str) -> list[str]:
+        return [column, column + CONFIDENCE_SUFFIX] if self.confidence else [column]
+
+    def _item_row(self, item: Any, score: Any) -> tuple[dict[str, str], dict[str, str]]:
+        """One exploded item's cells, and its confidence cells (empty without --confidence)."""
         if self.item_columns == [self.explode]:
-            return {self.explode: _cell(item)}
+            return {self.explode: _cell(item)}, ({self.explode: _cell(score)} if self.confidence else {})
         prefix = f"{self.explode}."
         item = item if isinstance(item, dict) else {}
-        return {c: _cell(_lookup(item, c[len(prefix) :])) for c in self.item_columns}
+        score = score if isinstance(score, dict) else {}
+        cells = {c: _cell(_lookup(item, c[len(prefix) :])) for c in self.item_columns}
+        scores = {c: _cell(_lookup(score, c[len(prefix) :])) for c in self.item_columns} if self.confidence else {}
+        return cells, scores
 
     def finish(self) -> None:
         if self.buffer is not None:
@@ -375,6 +402,10 @@ def _cell(value: Any) -> str:
     if isinstance(value, (list, dict)):
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return str(value)
+
+
+def _at(items: Any, n: int) -> Any:
+    return items[n] if isinstance(items, list) and n < len(items) else None
 
 
 def _data_column(name: str) -> str:
