@@ -11,12 +11,17 @@ import typer
 
 from glmv_cli import DEFAULT_MODEL
 from glmv_cli.cli.common import (
+    ApiKeyOpt,
+    BackendOpt,
+    BaseUrlOpt,
     DeviceOpt,
     DpiOpt,
     DtypeOpt,
     ModelOpt,
     PasswordOpt,
     QuantOpt,
+    RemoteModelOpt,
+    RequestTimeoutOpt,
     RevisionOpt,
     ThinkOpt,
     handle_errors,
@@ -51,6 +56,11 @@ def ask(
     dtype: DtypeOpt = "auto",
     quant: QuantOpt = "auto",
     revision: RevisionOpt = None,
+    backend_name: BackendOpt = "local",
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    remote_model: RemoteModelOpt = None,
+    request_timeout: RequestTimeoutOpt = 600,
 ) -> None:
     """Ask a question about one or more images or PDF pages; the answer streams to stdout."""
     from glmv_cli.engine.base import GenerationSettings, Request
@@ -79,7 +89,18 @@ def ask(
         images.extend(p.image for p in doc.pages)
     load_inputs_s = time.perf_counter() - started
 
-    backend = create_backend(model, device=device, dtype=dtype, quant=quant, revision=revision)
+    backend = create_backend(
+        model,
+        backend=backend_name,
+        device=device,
+        dtype=dtype,
+        quant=quant,
+        revision=revision,
+        base_urls=base_url,
+        api_key=api_key,
+        remote_model=remote_model,
+        request_timeout=request_timeout,
+    )
     # Slivers and extreme aspect ratios padded, huge pages shrunk: the processor would refuse them.
     cap = backend.max_image_pixels()
     images = [fit_for_vision(image, max_pixels=cap) for image in images]

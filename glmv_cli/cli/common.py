@@ -29,6 +29,39 @@ ThinkOpt = Annotated[bool, typer.Option("--think/--no-think", help="Let the mode
 DpiOpt = Annotated[int, typer.Option(min=36, max=600, help="PDF render resolution.")]
 PasswordOpt = Annotated[str | None, typer.Option(envvar="GLMV_PDF_PASSWORD", help="Password for encrypted PDFs.")]
 
+# The remote backend: an OpenAI-compatible server (vLLM, SGLang, `glmv serve`) instead of a local model.
+BackendOpt = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        envvar="GLMV_BACKEND",
+        help="local (transformers on this machine) or openai (an OpenAI-compatible server at --base-url).",
+    ),
+]
+BaseUrlOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--base-url",
+        envvar="GLMV_BASE_URL",
+        help="With --backend openai: a server's API root, e.g. http://host:8000/v1 (repeatable; env comma-separated).",
+    ),
+]
+ApiKeyOpt = Annotated[
+    str | None, typer.Option("--api-key", envvar="GLMV_API_KEY", help="With --backend openai: the bearer token.")
+]
+RemoteModelOpt = Annotated[
+    str | None,
+    typer.Option("--remote-model", help="With --backend openai: the served model name (default: the first listed)."),
+]
+ConcurrencyOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="With --backend openai: requests in flight (default 32, enough to keep vLLM busy)."),
+]
+RequestTimeoutOpt = Annotated[
+    float,
+    typer.Option(min=0.1, help="With --backend openai: seconds to wait for an answer before retrying elsewhere."),
+]
+
 
 def debug_enabled() -> bool:
     return os.environ.get("GLMV_DEBUG", "") not in ("", "0")

@@ -3,22 +3,45 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any, cast
 
 from glmv_cli.engine.base import Backend
 from glmv_cli.engine.identity import local_identity
+from glmv_cli.errors import ModelLoadError, UsageError
+
+BACKENDS = ("local", "openai")
+LOCAL_NEEDS = "the local backend needs torch and transformers: pip install 'glmv[local]'"
 
 
 def create_backend(
     model: str,
     *,
+    backend: str = "local",
     device: str = "auto",
     dtype: str = "auto",
     quant: str = "auto",
     revision: str | None = None,
     batch_size: int | None = None,
+    base_urls: Sequence[str] | str | None = None,
+    api_key: str | None = None,
+    remote_model: str | None = None,
+    concurrency: int | None = None,
+    request_timeout: float | None = None,
 ) -> Backend:
-    """The local transformers backend, built (and torch imported) on first use."""
+    """local: transformers here, built (and torch imported) on first use; openai: an OpenAI-compatible server."""
+    if backend == "openai":
+        from glmv_cli.engine.remote import RemoteBackend  # httpx only: never torch
+
+        return RemoteBackend(
+            base_urls or [],
+            api_key=api_key,
+            model=remote_model,
+            concurrency=concurrency or batch_size,
+            request_timeout=request_timeout,
+        )
+    if backend != "local":
+        raise UsageError(f"unknown --backend {backend!r}", "choose " + " or ".join(BACKENDS))
     options = {"device": device, "dtype": dtype, "quant": quant, "revision": revision, "batch_size": batch_size}
     return cast(Backend, LazyLocalBackend(model, **options))
 
@@ -51,8 +74,12 @@ class LazyLocalBackend:
     def real(self) -> Backend:
         with self._lock:
             if self._real is None:
-                from glmv_cli.engine.local import LocalBackend
-
+                try:
+                    from glmv_cli.engine.local import LocalBackend
+                except ImportError as exc:  # a torch-free install (no `local` extra)
+                    if (exc.name or "").split(".")[0] in ("torch", "transformers", "tokenizers"):
+                        raise ModelLoadError(LOCAL_NEEDS) from exc
+                    raise
                 self._real = LocalBackend(self.model_id, **self._options)
             return self._real
 
