@@ -120,7 +120,7 @@ class FakeOpenAI:
     def completion(self, content: str | None = None, finish_reason: str = "stop") -> dict[str, Any]:
         text = self.answer if content is None else content
         pieces = [text[i : i + 3] for i in range(0, len(text), 3)]
-        logprobs = {"content": [{"token": p, "logprob": -0.5, "top_logprobs": []} for p in pieces]}
+        logprobs = {"content": [{"token": p, "logprob": -0.5, "bytes": list(p.encode())} for p in pieces]}
         return {
             "id": "cmpl-1",
             "object": "chat.completion",
@@ -197,6 +197,7 @@ def test_request_body_carries_images_schema_thinking_off_and_logprobs(server):
     assert rf["json_schema"]["name"] == "inline_model" and rf["json_schema"]["schema"]["type"] == "object"
     assert gen.text == ANSWER and gen.finish_reason == "stop" and gen.error is None and gen.tag == "doc-1"
     assert "".join(gen.tokens) == ANSWER and gen.token_logprobs == [-0.5] * len(gen.tokens)
+    assert b"".join(gen.token_bytes) == ANSWER.encode()
     assert gen.prompt_tokens == 11 and gen.output_tokens == len(gen.tokens)
 
 
@@ -311,7 +312,7 @@ def test_stream_shows_text_as_it_comes_and_keeps_logprobs(server):
     gen = backend(server.url).stream(request(), pieces.append)
     assert server.bodies[0]["stream"] is True and len(pieces) > 2 and "".join(pieces) == ANSWER
     assert gen.text == ANSWER and gen.ttft_s is not None and gen.output_tokens == len(gen.tokens)
-    assert gen.token_logprobs == [-0.25] * len(gen.tokens)
+    assert gen.token_logprobs == [-0.25] * len(gen.tokens) and gen.token_bytes is None  # no bytes sent
 
 
 def test_base_urls_split_on_commas_and_get_v1():
@@ -372,6 +373,8 @@ def test_extract_over_the_openai_backend_writes_every_record_and_never_imports_t
     records = [json.loads(line) for line in run.stdout.splitlines()]
     assert [Path(r["file"]).name for r in records] == [Path(f).name for f in SAMPLE_FILES]
     assert all(r["status"] == "ok" and r["data"] == {"vendor": "ACME", "total": 12.5} for r in records)
+    # the server's log-probabilities (-0.5 per token) became per-value confidence
+    assert all(r.get("confidence") == {"vendor": 0.6065, "total": 0.6065} for r in records), records[0]
     assert {r["model"] for r in records} == {"glmv-test"}
     assert len(server.bodies) == 3 and heavy == []
 

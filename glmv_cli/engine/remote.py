@@ -343,7 +343,7 @@ class RemoteBackend(Backend):
         reasoning = message.get("reasoning_content") or message.get("reasoning")
         thinking, text = split_thinking(content)
         usage = reply.get("usage") or {}
-        tokens, logprobs = _logprobs(choice.get("logprobs"))
+        tokens, logprobs, token_bytes = _logprobs(choice.get("logprobs"))
         finish = choice.get("finish_reason")
         return Generation(
             text=text.strip(),
@@ -358,6 +358,7 @@ class RemoteBackend(Backend):
             generate_s=elapsed,
             token_logprobs=logprobs,
             tokens=tokens,
+            token_bytes=token_bytes,
             tag=request.tag,
         )
 
@@ -378,6 +379,7 @@ class _StreamState:
         self.tokens: list[str] = []
         self.logprobs: list[float] = []
         self.has_logprobs = False
+        self.token_bytes: list[bytes] | None = []
         self.finish: str | None = None
         self.usage: dict[str, Any] = {}
         self.first: float | None = None
@@ -405,11 +407,15 @@ class _StreamState:
                 self.first = time.perf_counter()
             self.raw.append(piece)
             self._show(self.filter.feed(piece))
-        tokens, logprobs = _logprobs(choice.get("logprobs"))
+        tokens, logprobs, token_bytes = _logprobs(choice.get("logprobs"))
         if tokens is not None:
             self.has_logprobs = True
             self.tokens.extend(tokens)
             self.logprobs.extend(logprobs or [])
+            if token_bytes is None or self.token_bytes is None:
+                self.token_bytes = None
+            else:
+                self.token_bytes.extend(token_bytes)
         self.finish = choice.get("finish_reason") or self.finish
 
     def _show(self, text: str) -> None:
@@ -433,6 +439,7 @@ class _StreamState:
             generate_s=self.ended - self.started + preprocess_s,
             token_logprobs=self.logprobs if self.has_logprobs else None,
             tokens=self.tokens if self.has_logprobs else None,
+            token_bytes=self.token_bytes if self.has_logprobs else None,
             tag=self.request.tag,
         )
 
@@ -479,12 +486,15 @@ def _retry_after(value: str | None) -> float | None:
     return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
 
 
-def _logprobs(block: dict[str, Any] | None) -> tuple[list[str] | None, list[float] | None]:
-    """(tokens, log-probabilities) of the chosen tokens, or (None, None) when the server sent none."""
+def _logprobs(block: dict[str, Any] | None) -> tuple[list[str] | None, list[float] | None, list[bytes] | None]:
+    """(tokens, log-probabilities, exact bytes when every token has them) of the chosen tokens; Nones without."""
     content = (block or {}).get("content")
     if not content:
-        return None, None
-    return [str(t.get("token", "")) for t in content], [float(t.get("logprob", 0.0)) for t in content]
+        return None, None, None
+    tokens = [str(t.get("token", "")) for t in content]
+    logprobs = [float(t.get("logprob", 0.0)) for t in content]
+    raw = [t.get("bytes") for t in content]
+    return tokens, logprobs, [bytes(b) for b in raw] if all(isinstance(b, list) for b in raw) else None
 
 
 def _data_url(image: Any) -> str:
