@@ -113,7 +113,13 @@ def create_app(backend: Backend, config: ServeConfig) -> FastAPI:
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         authorize(request)
-        card = {"id": config.served_model_name, "object": "model", "created": started, "owned_by": "glmv"}
+        card = {
+            "id": config.served_model_name,
+            "object": "model",
+            "created": started,
+            "owned_by": "glmv",
+            "root": backend.model_id,  # what it was loaded from (glmv's remote backend keys its cache on it)
+        }
         return {"object": "list", "data": [card]}
 
     @app.get("/metrics")
@@ -134,10 +140,10 @@ def create_app(backend: Backend, config: ServeConfig) -> FastAPI:
         try:
             chat = ChatCompletionRequest.model_validate_json(await request.body())
         except ValidationError as exc:
-            raise ApiError(400, _validation_message(exc), code="invalid_request") from None
+            raise ApiError(400, _validation_message(exc), "invalid_request_error", "invalid_request") from None
         if chat.model and chat.model not in names:
             message = f"The model `{chat.model}` does not exist; this server has `{config.served_model_name}`"
-            raise ApiError(404, message, code="model_not_found", param="model")
+            raise ApiError(404, message, "invalid_request_error", "model_not_found", param="model")
         converted = await run_in_threadpool(to_engine_request, chat, backend, config.inputs)
         log = request.state.log
         key = None
@@ -279,7 +285,7 @@ def _prepared(backend: Backend, request: Any) -> Any:
         return backend.prepare(request)
     except Exception as exc:  # noqa: BLE001 - the processor raises many types for inputs it refuses
         message = f"the model's processor refused the input: {' '.join(str(exc).split())}"
-        raise ApiError(400, message, code="preprocess_failed") from None
+        raise ApiError(400, message, "invalid_request_error", "preprocess_failed") from None
 
 
 def _raise_if_failed(gen: Generation) -> None:

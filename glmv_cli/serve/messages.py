@@ -109,13 +109,13 @@ def _text_only(message: Message, index: int) -> str:
 
 def _image_bytes(part: ContentPart, policy: InputPolicy, count: int) -> bytes:
     if count >= policy.max_images:
-        raise bad_request(f"more than {policy.max_images} images in one request", code="too_many_images")
+        raise bad_request(f"more than {policy.max_images} images in one request", "too_many_images")
     url = part.image_url if isinstance(part.image_url, str) else (part.image_url.url if part.image_url else "")
     if url.startswith("data:"):
         return _data_url(url)
     if url.lower().startswith(("http://", "https://")):
         if not policy.allow_urls:
-            raise bad_request("image URLs are turned off on this server: send a base64 data URL", code="url_refused")
+            raise bad_request("image URLs are turned off on this server: send a base64 data URL", "url_refused")
         from glmv_cli.inputs.urls import fetch_url
 
         try:
@@ -125,17 +125,17 @@ def _image_bytes(part: ContentPart, policy: InputPolicy, count: int) -> bytes:
         except InputError as exc:
             raise bad_request(f"image URL refused: {exc.one_line()}", code=exc.code) from None
         return body
-    raise bad_request("image_url must be a data: URL (base64) or an http(s) URL", code="invalid_image_url")
+    raise bad_request("image_url must be a data: URL (base64) or an http(s) URL", "invalid_image_url")
 
 
 def _data_url(url: str) -> bytes:
     header, sep, payload = url.partition(",")
     if not sep or not header.endswith(";base64"):
-        raise bad_request("a data URL image must be base64: data:image/png;base64,...", code="invalid_image_url")
+        raise bad_request("a data URL image must be base64: data:image/png;base64,...", "invalid_image_url")
     try:
         return base64.b64decode("".join(payload.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise bad_request("the data URL's base64 is invalid", code="invalid_image_url") from None
+        raise bad_request("the data URL's base64 is invalid", "invalid_image_url") from None
 
 
 def _decode(data: bytes, index: int, cap: int | None) -> Any:

@@ -1,0 +1,363 @@
+"""glmv serve: real HTTP on 127.0.0.1 with the official openai client against the tiny checkpoint, one
+server for the module; the batcher and the rate limiter also without HTTP."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from glmv_cli.engine.base import Backend, Generation, Request
+from glmv_cli.serve.auth import KeyRing, RateLimiter, key_id, read_keys
+from glmv_cli.serve.batcher import Batcher, StreamCancelled
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+
+KEY, BATCH_KEY, RATE_KEY = "sk-test-main", "sk-test-batch", "sk-test-rate"
+RATE_LIMIT = 20  # per minute per key; the main key's tests stay under it
+
+
+@dataclass
+class Server:
+    url: str
+    log: Path
+    proc: subprocess.Popen
+
+    def log_lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory) -> Server:
+    tmp = tmp_path_factory.mktemp("serve")
+    port = _free_port()
+    log = tmp / "stderr.log"
+    env = {**os.environ, "GLMV_CACHE_DIR": str(tmp / "cache"), "HF_HUB_OFFLINE": "1"}
+    env.pop("GLMV_MODEL", None)
+    env.pop("GLMV_API_KEYS", None)
+    cmd = [sys.executable, "-m", "glmv_cli", "serve", "-m", str(tiny_model), "--port", str(port)]
+    cmd += ["--api-key", KEY, "--api-key", BATCH_KEY, "--api-key", RATE_KEY, "--rate-limit", str(RATE_LIMIT)]
+    # A long batch window, so requests sent together on a busy 2-core machine reliably share a batch.
+    cmd += ["--max-request-mb", "1", "--batch-wait-ms", "300", "--max-batch", "4", "--allow-http"]
+    with log.open("w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"glmv serve exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    assert json.load(response)["status"] == "ok"
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"glmv serve did not come up:\n{log.read_text()}")
+                time.sleep(0.2)
+        yield Server(url, log, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _client(server: Server, key: str = KEY):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def _png(size=(64, 48), color=(200, 30, 30)) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _user(text: str, *urls: str) -> list[dict]:
+    parts = [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+    return [{"role": "user", "content": parts}]
+
+
+def _get(server: Server, path: str, key: str | None = KEY) -> tuple[int, Any, dict]:
+    """Status, headers (case-insensitive) and JSON body of a GET."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    request = urllib.request.Request(server.url + path, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, json.loads(exc.read())
+
+
+# -- over HTTP ----------------------------------------------------------------------------------------
+def test_models_lists_the_served_name(server, tiny_model):
+    models = _client(server).models.list()
+    assert [m.id for m in models.data] == [tiny_model.name]
+
+
+def test_completion_with_an_image_and_logprobs(server, tiny_model):
+    reply = _client(server).chat.completions.create(
+        model=tiny_model.name,
+        messages=[{"role": "system", "content": "Be brief."}, *_user("What colour is this?", _png())],
+        max_tokens=6,
+        logprobs=True,
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason in ("stop", "length")
+    assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
+    tokens = choice.logprobs.content
+    assert tokens and all(t.logprob <= 0 and isinstance(t.bytes, list) and t.top_logprobs == [] for t in tokens)
+    assert len(tokens) <= reply.usage.completion_tokens
+
+
+def test_streaming_sends_pieces_then_usage(server, tiny_model):
+    stream = _client(server).chat.completions.create(
+        model=tiny_model.name,
+        messages=_user("Describe the picture.", _png((40, 90), (10, 200, 10))),
+        max_tokens=6,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert text and finishes in (["stop"], ["length"])
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+
+
+class Invoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vendor: str = Field(max_length=12)
+    total: float = Field(ge=0, le=1000)
+    paid: bool
+
+
+def test_json_schema_answer_parses_and_validates(server, tiny_model):
+    schema = Invoice.model_json_schema()
+    reply = _client(server).chat.completions.create(
+        model=tiny_model.name,
+        messages=_user("Extract the invoice.", _png()),
+        max_tokens=80,
+        response_format={"type": "json_schema", "json_schema": {"name": "invoice", "schema": schema}},
+    )
+    Invoice.model_validate_json(reply.choices[0].message.content)
+    obj = _client(server).chat.completions.create(
+        model=tiny_model.name,
+        messages=_user("Any JSON object."),
+        max_tokens=40,
+        response_format={"type": "json_object"},
+    )
+    assert isinstance(json.loads(obj.choices[0].message.content), dict)
+
+
+def test_identical_greedy_request_is_cached(server, tiny_model):
+    def ask():
+        return _client(server).chat.completions.create(
+            model=tiny_model.name, messages=_user("Cache me.", _png((30, 30))), max_tokens=5, temperature=0
+        )
+
+    first, second = ask(), ask()
+    assert first.choices[0].message.content == second.choices[0].message.content
+    asked = [line for line in server.log_lines() if line["path"] == "/v1/chat/completions" and line["status"] == 200]
+    assert asked[-1]["cached"] is True and asked[-2]["cached"] is False
+    assert asked[-1]["completion_tokens"] == second.usage.completion_tokens
+
+
+def test_concurrent_requests_share_a_batch(server, tiny_model):
+    client = _client(server, BATCH_KEY)
+
+    def ask(n: int):
+        return client.chat.completions.create(
+            model=tiny_model.name, messages=_user(f"Question number {n}?"), max_tokens=4, temperature=0
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(ask, range(4)))
+    assert all(r.choices[0].message.content is not None for r in replies)
+    status, _, metrics = _get(server, "/metrics", BATCH_KEY)
+    assert status == 200 and max(int(size) for size in metrics["batches"]) > 1, metrics
+    batched = [line for line in server.log_lines() if line.get("key") == key_id(BATCH_KEY) and line.get("batch")]
+    assert max(line["batch"] for line in batched) > 1
+
+
+def test_missing_or_wrong_key_is_401(server, tiny_model):
+    status, _, body = _get(server, "/v1/models", key=None)
+    assert status == 401 and body["error"]["code"] == "invalid_api_key" and body["error"]["message"]
+    with pytest.raises(openai.AuthenticationError) as caught:
+        _client(server, "sk-wrong").chat.completions.create(model=tiny_model.name, messages=_user("hi"))
+    assert caught.value.status_code == 401
+    assert _get(server, "/health", key=None)[0] == 200  # readiness needs no key
+
+
+def test_rate_limit_is_429_with_retry_after(server):
+    for _ in range(RATE_LIMIT + 1):
+        status, headers, body = _get(server, "/v1/models", RATE_KEY)
+        if status == 429:
+            break
+    assert status == 429 and body["error"]["code"] == "rate_limit_exceeded"
+    assert int(headers["Retry-After"]) >= 1
+
+
+def test_private_image_urls_are_refused(server, tiny_model):
+    client = _client(server)
+    for url in (f"{server.url}/health", "https://10.0.0.1/invoice.png"):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model=tiny_model.name, messages=_user("What is this?", url))
+        assert "not a public address" in caught.value.message
+        assert caught.value.body["code"] == "url_refused"
+
+
+def test_hostile_images_are_400(server, tiny_model):
+    client = _client(server)
+    garbage = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 64).decode()
+    for url, code in ((garbage, "image_corrupt"), (_bomb_png(), "image_too_large"), ("data:,x", "invalid_image_url")):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model=tiny_model.name, messages=_user("What is this?", url))
+        assert caught.value.body["code"] == code
+
+
+def test_oversized_body_is_413(server, tiny_model):
+    big = "data:image/png;base64," + base64.b64encode(os.urandom(1_200_000)).decode()
+    with pytest.raises(openai.APIStatusError) as caught:
+        _client(server).chat.completions.create(model=tiny_model.name, messages=_user("Too big?", big))
+    assert caught.value.status_code == 413
+    assert caught.value.body["code"] == "request_too_large"
+
+
+def test_log_lines_never_hold_keys_or_images(server):
+    text = server.log.read_text()
+    assert KEY not in text and BATCH_KEY not in text and "base64" not in text
+    lines = server.log_lines()
+    assert {"time", "key", "path", "status", "latency_ms", "prompt_tokens", "completion_tokens", "cached"} <= set(
+        lines[-1]
+    )
+    assert {line["status"] for line in lines} >= {200, 400, 401, 413, 429}
+
+
+def _bomb_png() -> str:
+    """A valid 1x1 PNG whose header claims 60000 x 60000 px: must be refused before decoding."""
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = struct.pack(">II", 60000, 60000) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return "data:image/png;base64," + base64.b64encode(bytes(data)).decode()
+
+
+# -- without HTTP -------------------------------------------------------------------------------------
+class _FakeBackend(Backend):
+    """Records each model call; fails if two ever overlap."""
+
+    model_id = "fake"
+
+    def __init__(self):
+        self.calls: list[tuple[str, int]] = []
+        self.active = 0
+        self.release = threading.Event()
+
+    def _enter(self, kind: str, n: int) -> None:
+        self.active += 1
+        assert self.active == 1, "two model calls at once"
+        self.calls.append((kind, n))
+
+    def generate(self, requests):
+        self._enter("generate", len(requests))
+        self.active -= 1
+        return [Generation(text=r.prompt.upper(), output_tokens=1) for r in requests]
+
+    def stream(self, request, on_text):
+        self._enter("stream", 1)
+        try:
+            self.release.wait(5)
+            for piece in ("a", "b"):
+                on_text(piece)
+            return Generation(text="ab")
+        finally:
+            self.active -= 1
+
+    def identity(self):
+        return {"backend": "fake"}
+
+
+def test_batcher_gathers_waiting_requests_and_streams_alone():
+    backend = _FakeBackend()
+    batcher = Batcher(backend, max_batch=4, wait_s=0.05).start()
+    try:
+        pieces: list[str] = []
+        streamed, _ = batcher.submit_stream(Request(prompt="s"), pieces.append)
+        while not backend.calls:  # the worker is now busy streaming
+            time.sleep(0.005)
+        futures = [batcher.submit(Request(prompt=f"q{i}")) for i in range(5)]
+        backend.release.set()
+        answers = [f.result(5).text for f in futures]
+        assert streamed.result(5).text == "ab" and pieces == ["a", "b"]
+    finally:
+        batcher.close()
+    assert answers == ["Q0", "Q1", "Q2", "Q3", "Q4"]
+    assert backend.calls == [("stream", 1), ("generate", 4), ("generate", 1)]
+    assert batcher.batch_sizes == {4: 1, 1: 1} and batcher.streams == 1
+
+
+def test_batcher_stops_a_stream_whose_client_left():
+    backend = _FakeBackend()
+    backend.release.set()
+    batcher = Batcher(backend, max_batch=2, wait_s=0.0)
+    future, cancel = batcher.submit_stream(Request(prompt="s"), lambda piece: None)
+    cancel.set()
+    batcher.start()
+    try:
+        with pytest.raises(StreamCancelled):
+            future.result(5)
+    finally:
+        batcher.close()
+
+
+def test_rate_limiter_token_bucket():
+    now = [100.0]
+    limiter = RateLimiter(3, clock=lambda: now[0])
+    assert [limiter.acquire("k") for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = limiter.acquire("k")
+    assert wait == pytest.approx(20.0) and RateLimiter.retry_after(wait) == "20"
+    assert limiter.acquire("other") == 0.0  # buckets are per key
+    now[0] += 20.0
+    assert limiter.acquire("k") == 0.0 and limiter.acquire("k") > 0
+    assert RateLimiter(0).acquire("k") == 0.0  # 0: no limit
+
+
+def test_keys_are_checked_and_read(tmp_path):
+    ring = KeyRing(["alpha", "beta"])
+    assert ring.check("Bearer beta") == key_id("beta") and ring.check("bearer alpha") == key_id("alpha")
+    assert ring.check("Bearer gamma") is None and ring.check(None) is None and ring.check("Basic alpha") is None
+    assert KeyRing([]).open and not ring.open
+    assert "alpha" not in key_id("alpha")
+    keys = tmp_path / "keys"
+    keys.write_text("# team keys\none\n\ntwo\n")
+    assert read_keys(["zero"], keys, "three, four five") == ["zero", "one", "two", "three", "four", "five"]
