@@ -1,25 +1,24 @@
-"""The local backend: GLM-4.6V-Flash through transformers `generate`, batched and constrained."""
+"""The local backend: GLM-4.6V-Flash in this process, continuously batched (decode.py) and constrained."""
 
 from __future__ import annotations
 
 import gc
 import threading
 import time
-from collections.abc import Callable, Sequence
-from itertools import groupby
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
-from transformers.generation.streamers import BaseStreamer
 
 from glmv_cli import DEFAULT_MODEL
-from glmv_cli.engine.base import Backend, Generation, GenerationSettings, Request
+from glmv_cli.engine.base import Backend, Generation, Request
 from glmv_cli.engine.closing import Closer, closing_step
+from glmv_cli.engine.decode import Batcher, Finished, KVBatch, Row, Sampler
 from glmv_cli.engine.grammar import GrammarCompiler
 from glmv_cli.engine.identity import local_identity
 from glmv_cli.engine.loader import LoadedModel, load_model
-from glmv_cli.engine.steps import StepProcessor
+from glmv_cli.engine.steps import RowSteps, StepProcessor
 from glmv_cli.engine.text import THINK_CLOSE, AnswerFilter, split_thinking
 
 _MODELS: dict[tuple, LoadedModel] = {}
@@ -28,21 +27,19 @@ GPU_MEMORY_SHARE = 0.6  # of the memory free once the weights are in, for the KV
 _MODELS_LOCK = threading.Lock()
 
 
-class _TextStreamer(BaseStreamer):
-    """Decodes a single row incrementally and hands answer text to a callback."""
+class _TextFeed:
+    """Decodes one row's tokens incrementally and hands answer text to a callback."""
 
     def __init__(self, tokenizer: Any, stop_ids: set[int], on_text: Callable[[str], None], thinking: bool):
         self.tokenizer, self.stop_ids, self.on_text = tokenizer, stop_ids, on_text
         self.filter = AnswerFilter(thinking=thinking)
         self.ids: list[int] = []
         self.emitted = 0
-        self.seen_prompt = False
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self.seen_prompt:  # generate hands over the prompt first
-            self.seen_prompt = True
+    def __call__(self, token: int) -> None:
+        if token in self.stop_ids:
             return
-        self.ids.extend(t for t in value.reshape(-1).tolist() if t not in self.stop_ids)
+        self.ids.append(token)
         text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
         if text.endswith("\ufffd"):
             return  # a multi-byte character is still arriving
@@ -53,6 +50,20 @@ class _TextStreamer(BaseStreamer):
     def end(self) -> None:
         if out := self.filter.flush():
             self.on_text(out)
+
+
+@dataclass(eq=False)
+class _Work:
+    """One pass of one request through the model (a thinking request with a schema makes two)."""
+
+    request: Request
+    index: int  # the request's place in its call
+    think: bool  # the chat template's thinking switch
+    constrained: bool  # the request's JSON Schema applies to this pass
+    max_new_tokens: int
+    stop_at_think_close: bool = False  # the thinking pass
+    thought: Generation | None = None  # the finished thinking pass, for the answer pass
+    on_text: Callable[[str], None] | None = None
 
 
 class LocalBackend(Backend):
@@ -144,60 +155,81 @@ class LocalBackend(Backend):
 
     # -- generation ----------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        """Answer a batch: every request may run at once; finished rows leave as they stop."""
+        works = [self._first_pass(r, i) for i, r in enumerate(requests)]
         results: dict[int, Generation] = {}
-        order = sorted(range(len(requests)), key=lambda i: _settings_key(requests[i]))
-        for _, group in groupby(order, key=lambda i: _settings_key(requests[i])):
-            idx = list(group)
-            for i, gen in zip(idx, self._generate_group([requests[i] for i in idx]), strict=True):
-                results[i] = gen
+        for work, gen in self._decode(works, max_rows=lambda: max(1, len(works)), budget=lambda: None):
+            results[work.index] = gen
         return [results[i] for i in range(len(requests))]
 
+    def generate_stream(
+        self, requests: Iterable[Request | None], *, max_rows: int | None = None
+    ) -> Iterator[Generation]:
+        """Answer requests as they come, yielding each generation as soon as it is done (completion order).
+
+        Up to `max_rows` rows (default: default_batch_size()) decode together within the token
+        budget; a request is pulled from `requests` whenever a slot frees. `None` from `requests`
+        means none is ready yet: the running rows go on decoding. Each generation carries its
+        request's tag.
+        """
+        works = (None if r is None else self._first_pass(r, i) for i, r in enumerate(requests))
+        for _, gen in self._decode(works, max_rows=lambda: max_rows or self.default_batch_size(), budget=None):
+            yield gen
+
     def stream(self, request: Request, on_text: Callable[[str], None]) -> Generation:
-        lm = self.loaded
-        streamer = _TextStreamer(
-            lm.tokenizer, set(lm.eos_ids) | {lm.tokenizer.pad_token_id}, on_text, thinking=request.settings.think
+        return next(self._decode([self._first_pass(request, 0, on_text)], max_rows=lambda: 1, budget=lambda: None))[1]
+
+    def _first_pass(self, request: Request, index: int, on_text: Callable[[str], None] | None = None) -> _Work:
+        settings = request.settings
+        if settings.think and request.json_schema:  # free thinking up to a budget, then the JSON after </think>
+            budget = settings.think_budget or settings.max_new_tokens
+            return _Work(request, index, True, False, budget, stop_at_think_close=True, on_text=on_text)
+        return _Work(request, index, settings.think, True, settings.max_new_tokens, on_text=on_text)
+
+    def _decode(
+        self,
+        works: Iterable[_Work | None],
+        *,
+        max_rows: Callable[[], int],
+        budget: Callable[[], int | None] | None,
+    ) -> Iterator[tuple[_Work, Generation]]:
+        """Run works through the continuous decode loop; (work, generation) in completion order."""
+        batcher = Batcher(
+            model=lambda: self.loaded.model,
+            steps=lambda: StepProcessor([], self.loaded.vocab_size, set(self.loaded.eos_ids), closer=self.closer),
+            start=lambda group: self._run([w.request for w in group], group),
+            estimate=lambda w: self.estimate_tokens(w.request),
+            max_rows=max_rows,
+            budget=budget or self.token_budget,
+            on_out_of_memory=self._out_of_memory,
+            is_out_of_memory=_is_out_of_memory,
+            describe=_one_line,
         )
-        return self._generate_group([request], streamer=streamer)[0]
+        for done in batcher.run(works):
+            work = done.work
+            if done.row is not None and isinstance(done.row.on_token, _TextFeed):
+                done.row.on_token.end()
+            gen = self._generation(done)
+            if work.stop_at_think_close and gen.finish_reason != "error":
+                # The thinking template (no /nothink), continued after the closed think block.
+                prefix = f"<think>{gen.thinking or gen.text}{THINK_CLOSE}\n"
+                answer = work.request.model_copy(update={"assistant_prefix": prefix})
+                tokens = work.request.settings.max_new_tokens
+                batcher.push_front(_Work(answer, work.index, True, True, tokens, thought=gen, on_text=work.on_text))
+                continue
+            if work.thought is not None:
+                thought = work.thought
+                gen.thinking = thought.thinking or thought.text
+                gen.output_tokens += thought.output_tokens
+                gen.generate_s += thought.generate_s
+                gen.decode_s += thought.decode_s
+                gen.ttft_s = thought.ttft_s
+                gen.preprocess_s += thought.preprocess_s
+            yield work, gen
 
-    def _generate_group(self, requests: list[Request], streamer: BaseStreamer | None = None) -> list[Generation]:
-        settings = requests[0].settings
-        try:
-            if settings.think and any(r.json_schema for r in requests):
-                return self._think_then_answer(requests)
-            return self._run(requests, settings, streamer=streamer)
-        except Exception as exc:  # noqa: BLE001 - turned into per-row errors below
-            error, out_of_memory = _one_line(exc), _is_out_of_memory(exc)
-        # Outside the except block: the traceback, and the batch tensors its frames hold, are gone.
-        if out_of_memory:
-            _release_memory()
-            self._budget_scale /= 2  # later batches are planned smaller too
-        if len(requests) == 1:
-            return [Generation(finish_reason="error", error=error, tag=requests[0].tag)]
-        if out_of_memory:  # halve the batch; each half may halve again
-            half = len(requests) // 2
-            return self._generate_group(requests[:half]) + self._generate_group(requests[half:])
-        # One bad row must not sink its batch: retry each alone.
-        return [self._generate_group([r])[0] for r in requests]
-
-    def _think_then_answer(self, requests: list[Request]) -> list[Generation]:
-        """Free thinking up to a budget, then the constrained JSON after </think>."""
-        settings = requests[0].settings
-        budget = settings.think_budget or settings.max_new_tokens
-        free = settings.model_copy(update={"max_new_tokens": budget})
-        thoughts = self._run(requests, free, stop_at_think_close=True, think=True, constrained=False)
-        answers = []
-        for req, thought in zip(requests, thoughts, strict=True):
-            prefix = f"<think>{thought.thinking or thought.text}{THINK_CLOSE}\n"
-            answers.append(req.model_copy(update={"assistant_prefix": prefix}))
-        # The thinking template (no /nothink), continued after the closed think block.
-        finals = self._run(answers, settings, think=True)
-        for final, thought in zip(finals, thoughts, strict=True):
-            final.thinking = thought.thinking or thought.text
-            final.output_tokens += thought.output_tokens
-            final.generate_s += thought.generate_s
-            final.decode_s += thought.decode_s
-            final.ttft_s = thought.ttft_s
-        return finals
+    def _out_of_memory(self) -> None:
+        _release_memory()
+        self._budget_scale /= 2  # later batches are planned smaller too
 
     def prepare(self, request: Request) -> Request:
         """Run the processor (resize, patchify, tokenise) for one request, off the model's thread."""
@@ -236,112 +268,79 @@ class LocalBackend(Backend):
             texts.append(text + req.assistant_prefix)
         return texts
 
-    def _run(
-        self,
-        requests: list[Request],
-        settings: GenerationSettings,
-        *,
-        streamer: BaseStreamer | None = None,
-        stop_at_think_close: bool = False,
-        think: bool | None = None,
-        constrained: bool = True,
-    ) -> list[Generation]:
+    def _run(self, requests: list[Request], works: list[_Work]) -> KVBatch:
+        """Start a group of works: encode their requests, prefill them together, and return rows ready to decode."""
         lm = self.loaded
-        think = settings.think if think is None else think
         started = time.perf_counter()
-        encoded = [self._encoded(r, think) for r in requests]
+        encoded = [self._encoded(w.request, w.think) for w in works]
         inputs = collate([e for e, _ in encoded], lm.tokenizer.pad_token_id)
         inputs = {k: v.to(lm.model.device) for k, v in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(lm.model.dtype)
         # Per row: its own encoding time, wherever it ran (a loader thread, or here).
-        preprocess = [seconds for _, seconds in encoded]
+        rows = [self._row(w, seconds, started) for w, (_, seconds) in zip(works, encoded, strict=True)]
+        return KVBatch.prefill(lm.model, inputs, rows)
 
-        eos_ids = list(lm.eos_ids)
-        if stop_at_think_close:
-            eos_ids.append(lm.tokenizer.convert_tokens_to_ids(THINK_CLOSE))
-        matchers = [self.grammar.matcher(r.json_schema) if r.json_schema and constrained else None for r in requests]
-        steps = StepProcessor(
-            matchers,
-            lm.vocab_size,
-            set(eos_ids),
-            logprobs=settings.logprobs,
-            close_after=[
-                closing_step(settings.max_new_tokens, self.closer.reserve(r.json_schema)) if m is not None else None
-                for r, m in zip(requests, matchers, strict=True)
-            ],
-            closer=self.closer,
+    def _row(self, work: _Work, preprocess_s: float, started: float) -> Row:
+        lm = self.loaded
+        req, settings = work.request, work.request.settings
+        stop_ids = set(lm.eos_ids)
+        if work.stop_at_think_close:
+            stop_ids.add(lm.tokenizer.convert_tokens_to_ids(THINK_CLOSE))
+        matcher = self.grammar.matcher(req.json_schema) if req.json_schema and work.constrained else None
+        close_after = closing_step(work.max_new_tokens, self.closer.reserve(req.json_schema)) if matcher else None
+        sampler = None
+        if settings.temperature > 0:
+            sampler = Sampler(settings.temperature, settings.top_p, settings.seed, lm.model.device)
+        on_token = None
+        if work.on_text is not None:
+            # With thinking on, the answer starts inside a think block, unless the prefix already closed it.
+            thinking = work.think and THINK_CLOSE not in req.assistant_prefix
+            on_token = _TextFeed(lm.tokenizer, stop_ids | {lm.tokenizer.pad_token_id}, work.on_text, thinking)
+        return Row(
+            work=work,
+            steps=RowSteps(matcher, close_after, settings.logprobs, stop_ids),
+            max_new_tokens=work.max_new_tokens,
+            started=started,
+            preprocess_s=preprocess_s,
+            sampler=sampler,
+            on_token=on_token,
         )
-        config = GenerationConfig(
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=settings.temperature > 0,
-            temperature=settings.temperature if settings.temperature > 0 else None,
-            top_p=settings.top_p if settings.temperature > 0 else None,
-            top_k=None,
-            eos_token_id=eos_ids,
-            pad_token_id=lm.tokenizer.pad_token_id,
-        )
-        if settings.seed is not None:
-            torch.manual_seed(settings.seed)
-        with torch.inference_mode():
-            out = lm.model.generate(**inputs, generation_config=config, logits_processor=[steps], streamer=streamer)
-        ended = time.perf_counter()
-        prompt_len = inputs["input_ids"].shape[1]
-        new = out[:, prompt_len:]
-        steps.finish(new[:, -1].tolist() if new.shape[1] else [])
-        first = steps.first_step_at or ended
-        timing = {
-            "ttft_s": first - started,
-            "generate_s": ended - started,
-            "batch_size": len(requests),
-        }
-        return [
-            self._decode(
-                row,
-                requests[i],
-                steps,
-                i,
-                int(inputs["attention_mask"][i].sum()),
-                set(eos_ids),
-                think,
-                # decode time of this row: until it stopped, not until the batch's slowest row did
-                {**timing, "decode_s": (steps.finished_at[i] or ended) - first, "preprocess_s": preprocess[i]},
-            )
-            for i, row in enumerate(new.tolist())
-        ]
 
-    def _decode(
-        self,
-        row: list[int],
-        req: Request,
-        steps: StepProcessor,
-        i: int,
-        prompt_tokens: int,
-        eos_ids: set[int],
-        think: bool,
-        timing: dict[str, Any],
-    ) -> Generation:
+    def _generation(self, done: Finished) -> Generation:
+        work, row = done.work, done.row
+        req = work.request
+        if row is None:
+            return Generation(finish_reason="error", error=done.error, tag=req.tag)
         tok = self.loaded.tokenizer
-        stop = next((n for n, t in enumerate(row) if t in eos_ids), None)
-        ids = row[:stop] if stop is not None else row
+        steps = row.steps
+        stopped = row.finish == "stop"
+        ids = steps.tokens[:-1] if stopped else steps.tokens
         raw = tok.decode(ids, skip_special_tokens=False)
         # With thinking on, the answer starts inside a think block, unless the prefix already closed it.
-        opens_thinking = think and THINK_CLOSE not in req.assistant_prefix
+        opens_thinking = work.think and THINK_CLOSE not in req.assistant_prefix
         thinking, text = split_thinking(("<think>" if opens_thinking else "") + raw)
-        logprobs = steps.token_logprobs[i][: len(ids)] if req.settings.logprobs else None
-        error = steps.errors[i]
+        logprobs = steps.token_logprobs[: len(ids)] if req.settings.logprobs else None
+        ended = row.ended_at or time.perf_counter()
+        first = steps.first_step_at or ended
         return Generation(
             text=text.strip(),
             thinking=thinking,
-            prompt_tokens=prompt_tokens,
-            output_tokens=len(ids) + (1 if stop is not None else 0),
-            finish_reason="error" if error else ("stop" if stop is not None else "length"),
-            error=f"grammar: {error}" if error else None,
-            closed_early=steps.closed_early[i],
-            **timing,
+            prompt_tokens=row.prompt_tokens,
+            output_tokens=len(ids) + (1 if stopped else 0),
+            finish_reason="error" if steps.error else ("stop" if stopped else "length"),
+            error=f"grammar: {steps.error}" if steps.error else None,
+            closed_early=steps.closed_early,
+            preprocess_s=row.preprocess_s,
+            ttft_s=first - row.started,
+            # this row's own decode time: until it stopped, not until the slowest row beside it did
+            decode_s=ended - first,
+            generate_s=ended - row.started,
+            batch_size=row.peak_rows,
             token_logprobs=logprobs,
             tokens=[tok.decode([t]) for t in ids] if logprobs is not None else None,
             token_bytes=[self.grammar.tokenizer.decode_bytes([t]) for t in ids] if logprobs is not None else None,
+            token_ids=list(ids) if logprobs is not None else None,
             tag=req.tag,
         )
 
@@ -379,10 +378,6 @@ def collate(encodings: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, 
 def _encoding_key(request: Request, think: bool) -> tuple:
     """What a prepared encoding depends on: a repaired or re-prefixed request must be encoded again."""
     return (request.prompt, request.system, request.assistant_prefix, think, len(request.images))
-
-
-def _settings_key(request: Request) -> str:
-    return request.settings.model_dump_json()
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -1,4 +1,10 @@
-"""The per-step logits processor: grammar masks, the closing rule, raw log-probs and timing."""
+"""The per-step rules: grammar masks, the closing rule, raw log-probs and timing, row by row.
+
+`RowSteps` is one row's state; `StepProcessor` applies the rules to a step's scores for
+whichever rows are in the batch at that step. The decode loop (decode.py) changes `rows` as
+rows join and leave; wrapped around `generate` it is an ordinary `LogitsProcessor` over a
+fixed batch.
+"""
 
 from __future__ import annotations
 
@@ -49,10 +55,36 @@ def apply_bitmask(scores: torch.Tensor, bitmask: torch.Tensor) -> None:
     scores.masked_fill_(~allowed, float("-inf"))
 
 
+class RowSteps:
+    """One row's state across decoding steps: its grammar, closing rule, chosen tokens and their log-probs."""
+
+    def __init__(
+        self,
+        matcher: Any = None,
+        close_after: int | None = None,
+        logprobs: bool = False,
+        stop_ids: set[int] | None = None,
+    ):
+        self.matcher = matcher  # None: free text
+        self.close_after = close_after  # the step from which a constrained answer is steered to finish
+        self.logprobs = logprobs
+        self.stop_ids = stop_ids  # None: the processor's EOS ids
+        self.steps = 0  # scores seen
+        self.tokens: list[int] = []  # chosen so far (replayed into the lexical state if closing starts)
+        self.token_logprobs: list[float] = []
+        self.closed_early = False
+        self.lex = (False, False)  # (in a JSON string, after a backslash), tracked once closing starts
+        self.error: str | None = None
+        self.done = False  # chose a stop token
+        self.first_step_at: float | None = None
+        self.finished_at: float | None = None  # when the row chose its stop token
+        self.step_logprobs: torch.Tensor | None = None  # this step's raw log-probs, one row
+
+
 class StepProcessor(LogitsProcessor):
     """Runs at every decoding step: records timing and raw log-probs, applies grammar masks.
 
-    Row i is constrained by matchers[i] (None = free text). The grammar masks the scores in
+    Row i is constrained by rows[i].matcher (None = free text). The grammar masks the scores in
     place, so log-probabilities are taken from the scores before masking.
     """
 
@@ -65,66 +97,66 @@ class StepProcessor(LogitsProcessor):
         close_after: list[int | None] | None = None,
         closer: Closer | None = None,
     ):
-        self.matchers = matchers
+        self.vocab_size = vocab_size
         self.eos_ids = eos_ids
-        # Per row: the step from which a constrained answer is steered to finish (None: never).
-        self.close_after = close_after or [None] * len(matchers)
         self.closer = closer
-        self.steps = 0
-        self.closed_early = [False] * len(matchers)
-        self._lex = [(False, False)] * len(matchers)  # (in a JSON string, after a backslash)
-        self.bitmask = allocate_token_bitmask(len(matchers), vocab_size)
-        self.first_step_at: float | None = None
-        self.logprobs = logprobs
-        self._last_logprobs: torch.Tensor | None = None
-        self.token_logprobs: list[list[float]] = [[] for _ in matchers]
-        self.errors: list[str | None] = [None] * len(matchers)
-        self._done = [False] * len(matchers)
-        self._tokens: list[list[int]] = [[] for _ in matchers]  # replayed into _lex if closing starts
-        self.finished_at: list[float | None] = [None] * len(matchers)  # when each row chose its stop token
+        close_after = close_after or [None] * len(matchers)
+        self.rows = [RowSteps(m, c, logprobs) for m, c in zip(matchers, close_after, strict=True)]
+        self.bitmask = allocate_token_bitmask(max(1, len(matchers)), vocab_size)
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.first_step_at is None:
-            self.first_step_at = time.perf_counter()
-        else:
-            self._consume(input_ids[:, -1].tolist())
-        self.steps += 1
-        if self.logprobs:
-            self._last_logprobs = torch.log_softmax(scores.float(), dim=-1)
-        constrained = [i for i, m in enumerate(self.matchers) if m is not None and not self._done[i]]
+    def __call__(self, input_ids: torch.LongTensor | None, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """One step: `generate` hands the tokens chosen at the previous step (the decode loop consumes its own)."""
+        if input_ids is not None and any(r.steps for r in self.rows):
+            self.consume(input_ids[:, -1].tolist())
+        rows = self.rows
+        now = time.perf_counter()
+        for row in rows:
+            row.steps += 1
+            if row.first_step_at is None:
+                row.first_step_at = now
+        wanted = [n for n, r in enumerate(rows) if r.logprobs and not r.done]
+        if wanted:
+            every_row = len(wanted) == len(rows)
+            logprobs = torch.log_softmax((scores if every_row else scores[wanted]).float(), dim=-1)
+            for k, n in enumerate(wanted):
+                rows[n].step_logprobs = logprobs[k]
+        constrained = [n for n, r in enumerate(rows) if r.matcher is not None and not r.done]
         if not constrained:
             return scores
+        if self.bitmask.shape[0] < len(rows):
+            self.bitmask = allocate_token_bitmask(len(rows), self.vocab_size)
         self._fill_masks(constrained, parallel=scores.device.type != "cpu")
         every_row = len(constrained) == scores.shape[0]
-        rows = None if every_row else torch.tensor(constrained, device=scores.device)
-        view = scores if every_row else scores[rows]
-        mask = self.bitmask if every_row else self.bitmask[torch.tensor(constrained)]
+        index = None if every_row else torch.tensor(constrained, device=scores.device)
+        view = scores if every_row else scores[index]
+        mask = self.bitmask[: len(rows)] if every_row else self.bitmask[torch.tensor(constrained)]
         apply_bitmask(view, mask)
-        for n, i in enumerate(constrained):
-            if self.close_after[i] is not None and self.steps > self.close_after[i] and self.closer is not None:
-                if not self.closed_early[i]:  # catch up on the lexical state once
-                    self.closed_early[i] = True
-                    self._lex[i] = Closer.advance(False, False, "".join(self.closer.texts[t] for t in self._tokens[i]))
-                bias = self.closer.in_string if self._lex[i][0] else self.closer.outside
-                view[n] += bias.to(view.device, view.dtype)[: view.shape[1]]
+        for k, n in enumerate(constrained):
+            row = rows[n]
+            if row.close_after is not None and row.steps > row.close_after and self.closer is not None:
+                if not row.closed_early:  # catch up on the lexical state once
+                    row.closed_early = True
+                    row.lex = Closer.advance(False, False, "".join(self.closer.texts[t] for t in row.tokens))
+                bias = self.closer.in_string if row.lex[0] else self.closer.outside
+                view[k] += bias.to(view.device, view.dtype)[: view.shape[1]]
         if not every_row:
-            scores[rows] = view
+            scores[index] = view
         return scores
 
     def _fill_masks(self, rows: list[int], parallel: bool) -> None:
         healthy = []
         for i in rows:
-            if self.matchers[i].is_error():
+            if self.rows[i].matcher.is_error():
                 self._allow_only_eos(i)  # end the row rather than emit unconstrained text
             else:
                 healthy.append(i)
         # On CPU torch's own threads already use every core: a parallel fill only adds contention
         # (measured at batch 8 on 2 cores: 335 us a step in parallel, 170-190 us one row at a time).
         if parallel and len(healthy) > 1:  # llguidance fills the rows in parallel, off the GIL
-            fill_next_token_bitmask_par(_executor(), [(self.matchers[i], i) for i in healthy], self.bitmask)
+            fill_next_token_bitmask_par(_executor(), [(self.rows[i].matcher, i) for i in healthy], self.bitmask)
         else:  # the raw call: llguidance.torch.fill_next_token_bitmask's checks add ~3 us a row
             for i in healthy:
-                self.matchers[i].unsafe_compute_mask_ptr(self.bitmask[i].data_ptr(), self.bitmask.shape[1] * 4)
+                self.rows[i].matcher.unsafe_compute_mask_ptr(self.bitmask[i].data_ptr(), self.bitmask.shape[1] * 4)
 
     def _allow_only_eos(self, i: int) -> None:
         words = self.bitmask[i].numpy().view(np.uint32)  # unsigned: bit 31 is a bit like any other
@@ -132,28 +164,29 @@ class StepProcessor(LogitsProcessor):
         for token in self.eos_ids:
             words[token // 32] |= 1 << (token % 32)
 
-    def _consume(self, tokens: list[int]) -> None:
-        for i, token in enumerate(tokens):
-            if self._done[i]:
-                continue
-            if self.logprobs and self._last_logprobs is not None:
-                self.token_logprobs[i].append(float(self._last_logprobs[i, token]))
-            matcher = self.matchers[i]
-            if matcher is not None:
-                if self.closed_early[i]:
-                    self._lex[i] = Closer.advance(*self._lex[i], self.closer.texts[token])
-                else:
-                    self._tokens[i].append(token)
-            if matcher is not None and not matcher.is_error():
-                matcher.consume_token(token)
-                if matcher.is_error():
-                    self.errors[i] = matcher.get_error()
-            # A finished grammar keeps masking (EOS only) until the row actually stops.
-            if token in self.eos_ids:
-                self._done[i] = True
-                self.finished_at[i] = time.perf_counter()
+    def consume(self, tokens: list[int]) -> None:
+        """Record the token each row chose at this step (rows that already stopped ignore theirs)."""
+        for row, token in zip(self.rows, tokens, strict=True):
+            if not row.done:
+                self.consume_row(row, token)
+
+    def consume_row(self, row: RowSteps, token: int) -> None:
+        if row.logprobs and row.step_logprobs is not None:
+            row.token_logprobs.append(float(row.step_logprobs[token]))
+        matcher = row.matcher
+        if matcher is not None and row.closed_early:
+            row.lex = Closer.advance(*row.lex, self.closer.texts[token])
+        row.tokens.append(token)
+        if matcher is not None and not matcher.is_error():
+            matcher.consume_token(token)
+            if matcher.is_error():
+                row.error = matcher.get_error()
+        # A finished grammar keeps masking (EOS only) until the row actually stops.
+        if token in (self.eos_ids if row.stop_ids is None else row.stop_ids):
+            row.done = True
+            row.finished_at = time.perf_counter()
 
     def finish(self, last_tokens: list[int]) -> None:
-        """Account for the last step's tokens, which no further call saw."""
-        if self.first_step_at is not None:
-            self._consume(last_tokens)
+        """Account for the last step's tokens, which no further call saw (generate's path)."""
+        if any(r.steps for r in self.rows) and last_tokens:
+            self.consume(last_tokens)

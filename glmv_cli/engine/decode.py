@@ -1,0 +1,348 @@
+"""Continuous batching: a decode loop over the model's forward and a KV cache, rows joining and leaving.
+
+`generate` computes a padded batch until its longest row ends. Here a row leaves the batch
+the step it stops (its cache rows are dropped), and waiting work is prefilled and joins the
+running batch (caches padded on the left and masked), up to a row cap and a token budget.
+GLM-4V's positions are 3-D (M-RoPE): every row carries its own length and rope offset, and
+each decode step passes explicit position ids of shape (3, rows, 1).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
+
+from glmv_cli.engine.steps import RowSteps, StepProcessor
+
+IDLE_S = 0.005  # nothing running and nothing ready: wait this long before asking the source again
+
+
+class Sampler:
+    """Temperature and top-p sampling for one row, with its own generator: a seeded row samples alike in any batch."""
+
+    def __init__(self, temperature: float, top_p: float | None, seed: int | None, device: torch.device):
+        self.warpers: list[Any] = [TemperatureLogitsWarper(temperature)]
+        if top_p is not None and top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+        self.generator = torch.Generator(device=device)
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+
+    def __call__(self, scores: torch.Tensor) -> int:
+        scores = scores.unsqueeze(0)
+        for warper in self.warpers:
+            scores = warper(None, scores)
+        probs = torch.softmax(scores.float(), dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+@dataclass(eq=False)
+class Row:
+    """One piece of work being decoded: its per-step state and its place in the KV batch."""
+
+    work: Any  # the caller's handle
+    steps: RowSteps
+    max_new_tokens: int
+    started: float  # when its start (encoding, prefill) began
+    preprocess_s: float = 0.0
+    sampler: Sampler | None = None  # None: greedy
+    on_token: Callable[[int], None] | None = None
+    length: int = 0  # its real tokens in the cache (prompt + fed tokens)
+    delta: int = 0  # M-RoPE offset: the next token's position is length + delta
+    prompt_tokens: int = 0
+    tokens: int = 0  # estimated KV-cache tokens at most (for the budget)
+    alone: bool = False  # runs with no other row (after a batch it was in failed)
+    peak_rows: int = 1  # the most rows it shared a step with
+    finish: str | None = None  # "stop" or "length" once it leaves
+    ended_at: float | None = None
+
+
+def mrope_positions(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """3-D position ids (3, rows, length) of left-padded prompts and each row's rope offset, as generate makes them."""
+    mask = inputs["attention_mask"]
+    if inputs.get("image_grid_thw") is not None:
+        positions, deltas = model.model.get_rope_index(
+            inputs["input_ids"],
+            inputs["mm_token_type_ids"],
+            image_grid_thw=inputs["image_grid_thw"],
+            attention_mask=mask,
+        )
+        return positions, deltas.view(-1)
+    text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    return text.unsqueeze(0).expand(3, -1, -1), torch.zeros(mask.shape[0], dtype=torch.long)
+
+
+class KVBatch:
+    """The running rows' KV cache, attention mask and next-token logits; row i of each belongs to rows[i].
+
+    Every row's real tokens sit at the right end: its padding is on the left and masked.
+    """
+
+    def __init__(self, rows: list[Row], cache: DynamicCache, mask: torch.Tensor, logits: torch.Tensor):
+        self.rows, self.cache, self.mask, self.logits = rows, cache, mask, logits
+
+    @classmethod
+    def prefill(cls, model: Any, inputs: dict[str, torch.Tensor], rows: list[Row]) -> KVBatch:
+        """Run left-padded prompts through the model: their cache, and the logits of each row's first token."""
+        positions, deltas = mrope_positions(model, inputs)
+        cache = DynamicCache(config=model.config)
+        out = model(**inputs, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+        if any(getattr(layer, "is_sliding", False) for layer in cache.layers):
+            raise NotImplementedError("sliding-window cache layers cannot be re-batched")
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        for row, length, delta in zip(rows, lengths, deltas.tolist(), strict=True):
+            row.length = row.prompt_tokens = int(length)
+            row.delta = int(delta)
+        return cls(rows, cache, inputs["attention_mask"], out.logits[:, -1].float())
+
+    def step(self, model: Any, tokens: list[int]) -> None:
+        """Feed each row its chosen token; the logits now hold each row's next choice."""
+        device = self.mask.device
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=1)
+        positions = torch.tensor([r.length + r.delta for r in self.rows], device=device)
+        ids = torch.tensor(tokens, device=device).view(-1, 1)
+        out = model(
+            input_ids=ids,
+            attention_mask=self.mask,
+            position_ids=positions.view(1, -1, 1).expand(3, -1, 1),
+            cache=self.cache,
+            use_cache=True,
+        )
+        for row in self.rows:
+            row.length += 1
+        self.logits = out.logits[:, -1].float()
+
+    def keep(self, indices: list[int]) -> None:
+        """Keep only these rows (in this order), dropping the others' cache."""
+        if indices == list(range(len(self.rows))):
+            return
+        index = torch.tensor(indices, device=self.mask.device)
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)
+            layer.values = layer.values.index_select(0, index)
+        self.mask = self.mask.index_select(0, index)
+        self.logits = self.logits.index_select(0, index)
+        self.rows = [self.rows[i] for i in indices]
+        self._trim()
+
+    def join(self, other: KVBatch) -> None:
+        """Add another batch's rows after these; the shorter cache is padded on the left."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([_left_pad(mine.keys, width), _left_pad(theirs.keys, width)])
+            mine.values = torch.cat([_left_pad(mine.values, width), _left_pad(theirs.values, width)])
+        self.mask = torch.cat([_left_pad(self.mask, width), _left_pad(other.mask, width)])
+        self.logits = torch.cat([self.logits, other.logits])
+        self.rows = self.rows + other.rows
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the left columns every row pads: attention never pays for them."""
+        pad = min(self.mask.shape[1] - r.length for r in self.rows)
+        if pad > 0:
+            self.mask = self.mask[:, pad:]
+            for layer in self.cache.layers:
+                layer.keys = layer.keys[:, :, pad:]
+                layer.values = layer.values[:, :, pad:]
+
+
+def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Pad the sequence dimension (-1 of a mask, -2 of keys and values) on the left to `width`."""
+    missing = width - (t.shape[-1] if t.dim() == 2 else t.shape[-2])
+    if missing == 0:
+        return t
+    return torch.nn.functional.pad(t, (missing, 0) if t.dim() == 2 else (0, 0, missing, 0))
+
+
+@dataclass
+class Finished:
+    """A piece of work that left the loop: its row, or the error that kept it from running."""
+
+    work: Any
+    row: Row | None = None
+    error: str | None = None
+
+
+@dataclass
+class _Waiting:
+    work: Any
+    single: bool = False  # prefilled on its own (its group's prefill failed)
+    alone: bool = False  # decoded on its own (a batch it was in failed)
+
+
+@dataclass
+class Batcher:
+    """Runs work through the model continuously: rows leave the step they stop, new work joins as slots free.
+
+    The callables come from the backend: `start` encodes and prefills a group of work into a
+    KVBatch (raising if it cannot), `estimate` gives a work's KV-cache tokens at most. Limits
+    are asked for only once there is work, so a run with nothing to generate loads nothing.
+    """
+
+    model: Callable[[], Any]
+    steps: Callable[[], StepProcessor]
+    start: Callable[[list[Any]], KVBatch]
+    estimate: Callable[[Any], int]
+    max_rows: Callable[[], int]
+    budget: Callable[[], int | None]
+    on_out_of_memory: Callable[[], None]
+    is_out_of_memory: Callable[[BaseException], bool]
+    describe: Callable[[BaseException], str] = str
+    waiting: deque[_Waiting] = field(default_factory=deque)
+    batch: KVBatch | None = None
+    _processor: StepProcessor | None = None
+    _exhausted: bool = False
+    _row_cap: int | None = None  # lowered by out-of-memory errors
+
+    def push_front(self, work: Any) -> None:
+        """Run this work next (e.g. the answer pass of a request that has finished thinking)."""
+        self.waiting.appendleft(_Waiting(work))
+
+    def run(self, source: Iterable[Any]) -> Iterator[Finished]:
+        """Decode until the source is exhausted and every row has left; `None` from the source: nothing ready yet."""
+        source = iter(source)
+        while True:
+            yield from self._admit(source)
+            if self.batch is None or not self.batch.rows:
+                self.batch = None
+                if self._exhausted and not self.waiting:
+                    return
+                if not self.waiting:
+                    time.sleep(IDLE_S)
+                continue
+            yield from self._step()
+
+    # -- admission -------------------------------------------------------------------------------
+    def _next(self, source: Iterator[Any]) -> _Waiting | None:
+        if self.waiting:
+            return self.waiting.popleft()
+        if self._exhausted:
+            return None
+        try:
+            work = next(source)
+        except StopIteration:
+            self._exhausted = True
+            return None
+        return None if work is None else _Waiting(work)
+
+    def _take(self, source: Iterator[Any]) -> list[_Waiting]:
+        """The next group to prefill: as many as fit beside the running rows (rows x longest row <= budget)."""
+        running = self.batch.rows if self.batch is not None else []
+        if any(r.alone for r in running):
+            return []
+        group: list[_Waiting] = []
+        longest = max((r.tokens for r in running), default=0)
+        cap = budget = None
+        while True:
+            item = self._next(source)
+            if item is None:
+                return group
+            if cap is None:  # work is here: a model is needed
+                cap = self._row_cap or self.max_rows()
+                budget = self.budget()
+            taken = len(running) + len(group)
+            tokens = self.estimate(item.work)
+            fits = budget is None or (taken + 1) * max(longest, tokens) <= budget
+            if taken and (taken >= cap or not fits or item.alone or (item.single and group)):
+                self.waiting.appendleft(item)
+                return group
+            group.append(item)
+            longest = max(longest, tokens)
+            if item.single or item.alone:
+                return group
+
+    def _admit(self, source: Iterator[Any]) -> Iterator[Finished]:
+        while group := self._take(source):
+            try:
+                with torch.inference_mode():
+                    joined = self.start([w.work for w in group])
+            except Exception as exc:  # noqa: BLE001 - the group's failure, handled below
+                error, out_of_memory = self.describe(exc), self.is_out_of_memory(exc)
+            else:
+                for row, item in zip(joined.rows, group, strict=True):
+                    row.tokens, row.alone = self.estimate(item.work), item.alone
+                with torch.inference_mode():
+                    if self.batch is None:
+                        self.batch = joined
+                    else:
+                        self.batch.join(joined)
+                continue
+            # Outside the except block: the traceback, and the tensors its frames hold, are gone.
+            yield from self._start_failed(group, error, out_of_memory)
+
+    def _start_failed(self, group: list[_Waiting], error: str, out_of_memory: bool) -> Iterator[Finished]:
+        if out_of_memory:
+            self.on_out_of_memory()
+        if len(group) > 1:  # out of memory: halves, each may halve again; else: each on its own
+            if out_of_memory:
+                self._row_cap = max(1, min(self._row_cap or len(group), len(group) // 2))
+            for item in reversed(group):
+                self.waiting.appendleft(_Waiting(item.work, single=not out_of_memory, alone=item.alone))
+        elif out_of_memory and self.batch is not None and self.batch.rows:
+            self.waiting.appendleft(_Waiting(group[0].work, alone=True))  # once the running rows are gone
+        else:
+            yield Finished(group[0].work, error=error)
+
+    # -- decoding --------------------------------------------------------------------------------
+    def _step(self) -> Iterator[Finished]:
+        batch = self.batch
+        rows = batch.rows
+        if self._processor is None:
+            self._processor = self.steps()
+        processor = self._processor
+        processor.rows = [r.steps for r in rows]
+        done: list[Row] = []
+        try:
+            with torch.inference_mode():
+                scores = processor(None, batch.logits)
+                greedy = scores.argmax(dim=-1).tolist()
+                tokens = [r.sampler(scores[n]) if r.sampler else greedy[n] for n, r in enumerate(rows)]
+                now = time.perf_counter()
+                keep = []
+                for n, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+                    row.peak_rows = max(row.peak_rows, len(rows))
+                    processor.consume_row(row.steps, token)
+                    if row.on_token is not None:
+                        row.on_token(token)
+                    if row.steps.done:
+                        row.finish = "stop"
+                    elif len(row.steps.tokens) >= row.max_new_tokens:
+                        row.finish = "length"
+                    if row.finish is None:
+                        keep.append(n)
+                    else:
+                        row.ended_at = now
+                        done.append(row)
+                batch.keep(keep)  # finished rows leave now, before the next forward
+                if batch.rows:
+                    batch.step(self.model(), [tokens[n] for n in keep])
+        except Exception as exc:  # noqa: BLE001 - the batch's failure, handled below
+            error, out_of_memory = self.describe(exc), self.is_out_of_memory(exc)
+        else:
+            for row in done:
+                yield Finished(row.work, row)
+            return
+        for row in done:
+            yield Finished(row.work, row)
+        yield from self._step_failed([r for r in rows if r not in done], error, out_of_memory)
+
+    def _step_failed(self, rows: list[Row], error: str, out_of_memory: bool) -> Iterator[Finished]:
+        """The running batch is lost: its rows start again (alone, or in smaller batches), or fail if alone already."""
+        self.batch = None
+        if out_of_memory:
+            self.on_out_of_memory()
+        if len(rows) == 1:
+            yield Finished(rows[0].work, error=error)
+            return
+        if out_of_memory:
+            self._row_cap = max(1, len(rows) // 2)
+        for row in reversed(rows):
+            self.waiting.appendleft(_Waiting(row.work, alone=not out_of_memory))

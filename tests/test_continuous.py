@@ -1,0 +1,204 @@
+"""Continuous batching on the tiny checkpoint: rows leave as they stop, new ones join, answers stay the same."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from glmv_cli.engine.base import GenerationSettings, Request
+from glmv_cli.engine.decode import KVBatch
+from glmv_cli.engine.local import LocalBackend
+from tests.test_engine import SCHEMA
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model):
+    return LocalBackend(str(tiny_model))
+
+
+@pytest.fixture
+def forward_rows(backend):
+    """The batch size of every forward the model runs (prefills and decode steps)."""
+    sizes: list[int] = []
+
+    def hook(module, args, kwargs):
+        sizes.append(kwargs["input_ids"].shape[0])
+
+    handle = backend.loaded.model.register_forward_pre_hook(hook, with_kwargs=True)
+    yield sizes
+    handle.remove()
+
+
+def mixed_requests() -> list[Request]:
+    """With and without images and a schema, budgets from 8 to 48 tokens: rows stop at very different steps."""
+    white, tall = Image.new("RGB", (320, 240), "white"), Image.new("RGB", (150, 450), (200, 180, 160))
+
+    def settings(tokens: int) -> GenerationSettings:
+        return GenerationSettings(max_new_tokens=tokens, logprobs=True)
+
+    return [
+        Request(images=[white], prompt="Extract", json_schema=SCHEMA, settings=settings(48)),
+        Request(prompt="Say hi", settings=settings(8)),
+        Request(images=[tall], prompt="Describe this page", settings=settings(40)),
+        Request(prompt="Extract the totals, please", json_schema=SCHEMA, settings=settings(32)),
+        Request(images=[tall, white], prompt="Two pages", settings=settings(12)),
+        Request(prompt="A longer free answer " * 3, settings=settings(24)),
+    ]
+
+
+def assert_same(batched, alone):
+    assert batched.token_ids == alone.token_ids
+    assert batched.text == alone.text and batched.finish_reason == alone.finish_reason
+    assert batched.output_tokens == alone.output_tokens and batched.prompt_tokens == alone.prompt_tokens
+    assert batched.token_logprobs == pytest.approx(alone.token_logprobs, abs=1e-4)
+
+
+def test_rows_joining_mid_flight_answer_as_alone(backend, forward_rows):
+    reqs = [r.model_copy(update={"tag": i}) for i, r in enumerate(mixed_requests())]
+    alone = [backend.generate([r])[0] for r in reqs]
+    forward_rows.clear()
+    streamed = list(backend.generate_stream(reqs, max_rows=3))
+    # Completion order, each with its tag; every request answered once.
+    assert sorted(g.tag for g in streamed) == list(range(len(reqs)))
+    for gen in streamed:
+        assert_same(gen, alone[gen.tag])
+    # Three rows at most; later requests were prefilled while others were still decoding.
+    assert max(forward_rows) == 3
+    assert max(g.batch_size for g in streamed) == 3
+    assert streamed[0].tag != 0  # the 8-token answer finished before the first request's 48
+
+
+def test_generate_keeps_order_and_matches_rows_alone(backend):
+    reqs = mixed_requests()
+    batched = backend.generate(reqs)
+    for req, gen in zip(reqs, batched, strict=True):
+        assert_same(gen, backend.generate([req])[0])
+    assert {g.finish_reason for g in batched} <= {"stop", "length"}
+
+
+def test_a_finished_row_leaves_the_batch(backend, forward_rows):
+    settings = [GenerationSettings(max_new_tokens=n) for n in (4, 30, 30)]
+    reqs = [Request(prompt=f"Write {i}", settings=s) for i, s in enumerate(settings)]
+    gens = backend.generate(reqs)
+    assert [g.finish_reason for g in gens] == ["length"] * 3
+    assert forward_rows[0] == 3  # one prefill for the three
+    # Once the 4-token row is done, every later step runs two rows: its cache rows are gone.
+    assert forward_rows[1:4] == [3, 3, 3] and set(forward_rows[4:]) == {2}
+    assert len(forward_rows) == 30  # the prefill plus 29 steps (the last token needs no forward)
+    # The short row's own times end when it did, not with the batch.
+    assert gens[0].decode_s < gens[1].decode_s
+
+
+def test_join_pads_the_shorter_cache_on_the_left(backend, monkeypatch):
+    joins = []
+    real = KVBatch.join
+
+    def spy(self, other):
+        before = [r.length for r in self.rows], [r.length for r in other.rows]
+        real(self, other)
+        joins.append(before)
+        # Every row's real tokens sit at the right end; the masks say so.
+        assert self.mask.shape[1] == max(r.length for r in self.rows)
+        assert self.mask.sum(dim=1).tolist() == [r.length for r in self.rows]
+        assert self.cache.layers[0].keys.shape[2] == self.mask.shape[1]
+
+    monkeypatch.setattr(KVBatch, "join", spy)
+    reqs = [
+        Request(prompt="short", settings=GenerationSettings(max_new_tokens=3)),
+        Request(prompt="a much longer prompt " * 8, settings=GenerationSettings(max_new_tokens=20)),
+        Request(
+            images=[Image.new("RGB", (200, 200), "gray")], prompt="x", settings=GenerationSettings(max_new_tokens=6)
+        ),
+    ]
+    streamed = {
+        g.tag: g
+        for g in backend.generate_stream([r.model_copy(update={"tag": i}) for i, r in enumerate(reqs)], max_rows=2)
+    }
+    assert joins  # the third request joined a running batch
+    for i, req in enumerate(reqs):
+        assert streamed[i].text == backend.generate([req])[0].text
+
+
+def test_the_token_budget_caps_rows(backend, forward_rows, monkeypatch):
+    reqs = [Request(prompt=f"Budget {i}", settings=GenerationSettings(max_new_tokens=6)) for i in range(4)]
+    one_row = backend.estimate_tokens(reqs[0])
+    monkeypatch.setattr(LocalBackend, "token_budget", lambda self: 2 * one_row)
+    gens = list(backend.generate_stream(reqs, max_rows=8))
+    assert len(gens) == 4 and max(forward_rows) == 2
+
+
+def test_seeded_sampling_is_the_same_in_any_batch(backend):
+    settings = GenerationSettings(max_new_tokens=16, temperature=0.9, top_p=0.9, seed=7)
+    reqs = [Request(prompt=f"Sample {i}", settings=settings) for i in range(3)]
+    batched = backend.generate(reqs)
+    assert [g.text for g in batched] == [backend.generate([r])[0].text for r in reqs]
+
+
+def test_thinking_then_json_joins_like_any_row(backend):
+    settings = GenerationSettings(max_new_tokens=48, think=True, think_budget=6)
+    reqs = [Request(prompt=f"Think {i}", json_schema=SCHEMA, settings=settings) for i in range(2)]
+    reqs.append(Request(prompt="plain", settings=GenerationSettings(max_new_tokens=5)))
+    batched = backend.generate(reqs)
+    for req, gen in zip(reqs, batched, strict=True):
+        alone = backend.generate([req])[0]
+        assert (gen.text, gen.thinking, gen.output_tokens) == (alone.text, alone.thinking, alone.output_tokens)
+    assert batched[0].thinking is not None and batched[0].finish_reason in ("stop", "length")
+
+
+def test_a_row_that_cannot_start_fails_alone(backend, monkeypatch):
+    real = LocalBackend._run
+
+    def run(self, requests, *args, **kw):
+        if any(r.prompt == "bad" for r in requests):
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        return real(self, requests, *args, **kw)
+
+    monkeypatch.setattr(LocalBackend, "_run", run)
+    reqs = [Request(prompt=p, settings=GenerationSettings(max_new_tokens=6)) for p in ("good", "bad", "fine")]
+    gens = backend.generate(reqs)
+    assert [g.finish_reason for g in gens] == ["length", "error", "length"]
+    assert "device-side assert" in gens[1].error
+
+
+def test_a_failing_step_fails_only_its_row(backend, monkeypatch):
+    """A decode step that fails sends its rows back to run alone; only the row that fails alone fails."""
+    real = KVBatch.step
+
+    def step(self, model, tokens):
+        if any(r.work.request.prompt == "bad" for r in self.rows) and any(
+            r.length > r.prompt_tokens for r in self.rows
+        ):
+            raise RuntimeError("kernel failed")
+        return real(self, model, tokens)
+
+    monkeypatch.setattr(KVBatch, "step", step)
+    reqs = [Request(prompt=p, settings=GenerationSettings(max_new_tokens=6)) for p in ("good", "bad", "fine")]
+    gens = backend.generate(reqs)
+    assert [g.finish_reason for g in gens] == ["length", "error", "length"]
+    assert gens[1].error == "RuntimeError: kernel failed"
+    monkeypatch.setattr(KVBatch, "step", real)
+    assert gens[0].text == backend.generate([reqs[0]])[0].text
+
+
+def test_out_of_memory_in_a_step_halves_rows_and_budget(backend, monkeypatch):
+    real = KVBatch.step
+
+    def step(self, model, tokens):
+        if len(self.rows) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, model, tokens)
+
+    monkeypatch.setattr(KVBatch, "step", step)
+    monkeypatch.setattr(backend, "_budget_scale", 1.0)
+    reqs = [Request(prompt=f"row {i}", settings=GenerationSettings(max_new_tokens=5)) for i in range(3)]
+    gens = list(backend.generate_stream(reqs, max_rows=3))
+    assert [g.finish_reason for g in gens] == ["length"] * 3
+    assert backend._budget_scale < 1
+
+
+def test_stream_hands_out_the_answer_text(backend):
+    pieces: list[str] = []
+    req = Request(prompt="Extract", json_schema=SCHEMA, settings=GenerationSettings(max_new_tokens=48))
+    gen = backend.stream(req, pieces.append)
+    assert "".join(pieces).strip() == gen.text and gen.text == backend.generate([req])[0].text
