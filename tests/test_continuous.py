@@ -202,3 +202,25 @@ def test_stream_hands_out_the_answer_text(backend):
     req = Request(prompt="Extract", json_schema=SCHEMA, settings=GenerationSettings(max_new_tokens=48))
     gen = backend.stream(req, pieces.append)
     assert "".join(pieces).strip() == gen.text and gen.text == backend.generate([req])[0].text
+
+
+def test_extraction_streams_documents_with_the_batch_paths_answers(tiny_model, tmp_path):
+    from glmv_cli.engine.factory import create_backend
+    from glmv_cli.extraction.pipeline import ExtractOptions, Extractor
+    from glmv_cli.extraction.schemas import resolve_schema
+
+    for i in range(5):
+        Image.new("RGB", (200 + 60 * i, 160), "white").save(tmp_path / f"page{i}.png")
+    paths = sorted(tmp_path.iterdir())
+    options = ExtractOptions(settings=GenerationSettings(max_new_tokens=40 + 20 * 3), use_cache=False, batch_size=3)
+
+    def run(stream: bool):
+        extractor = Extractor(create_backend(str(tiny_model)), resolve_schema("vendor, total float"), options)
+        extractor._stream_failed = not stream  # the batch path, as a backend without generate_stream takes
+        return extractor, list(extractor.run(paths))
+
+    streamed, records = run(stream=True)
+    assert not streamed._stream_failed and streamed.model_calls == 1  # one stream for every document
+    assert [r.file for r in records] == [str(p) for p in paths]  # input order, whatever the completion order
+    _, batched = run(stream=False)
+    assert [(r.status, r.data) for r in records] == [(r.status, r.data) for r in batched]
