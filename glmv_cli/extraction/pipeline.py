@@ -139,6 +139,7 @@ class Extractor:
         self._renderer: PdfRenderer | None = None
         self._gate = ByteGate(self.options.prefetch_bytes)  # made anew by each run()
         self.model_calls = 0
+        self._stream_failed = False  # the backend's generate_stream raised: batches from then on
 
     # -- stopping --------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -313,20 +314,31 @@ class Extractor:
         window: list[_Job] = []
         next_out = 0
         done = False
+
+        def ready_jobs() -> Iterator[_Job | None]:
+            """Jobs for a streaming backend, one per free slot; None while none is ready (loading goes on)."""
+            nonlocal done
+            while (window or not done) and not self.stopped:
+                if not done:
+                    done = self._fill(pending, loader, window, states, seen, size or 8, wait=False)
+                yield window.pop(0) if window and not self.stopped else None
+
         try:
             while (not done or window) and not self.stopped:
                 if not done:
                     done = self._fill(pending, loader, window, states, seen, size or 8)
                 if window and not self.stopped:
                     size = size or self.backend.default_batch_size()
-                    batch = self._pick_batch(window, size, self.backend.token_budget())
-                    records = self._process(batch)
-                    self._gate.release(sum(j.nbytes for j in batch))  # their pixels are garbage now
-                    for job, record in zip(batch, records, strict=True):
-                        state = states[job.index]
-                        state.records[job.sub] = record
-                        if state.complete:  # cache now, so an interrupted run keeps this work
-                            self._store(state)
+                    for batch, records in self._generate_stage(window, size, ready_jobs()):
+                        self._gate.release(sum(j.nbytes for j in batch))  # their pixels are garbage now
+                        for job, record in zip(batch, records, strict=True):
+                            state = states[job.index]
+                            state.records[job.sub] = record
+                            if state.complete:  # cache now, so an interrupted run keeps this work
+                                self._store(state)
+                        while next_out in states and states[next_out].complete:
+                            yield from states.pop(next_out).ordered()
+                            next_out += 1
                 while next_out in states and states[next_out].complete:
                     yield from states.pop(next_out).ordered()
                     next_out += 1
@@ -353,12 +365,13 @@ class Extractor:
         states: dict[int, _DocState],
         seen: dict[str, str],
         want: int,
+        wait: bool = True,
     ) -> bool:
         """Move ready documents into the window; True once the input is exhausted."""
         while not self.stopped:
             try:
-                # Block while there is nothing to run; otherwise take only what is ready soon.
-                task = pending.get(timeout=None if not window else 0.05)
+                # Block while there is nothing to run (unless rows are decoding); else take only what is ready soon.
+                task = pending.get(timeout=None if wait and not window else 0.05)
             except queue.Empty:
                 return False
             if task is None:
@@ -415,8 +428,37 @@ class Extractor:
         del window[:taken]
         return batch
 
-    def _process(self, batch: list[_Job]) -> list[Record]:
-        gens = self._generate_isolated([j.request for j in batch])
+    def _generate_stage(
+        self, window: list[_Job], size: int, ready: Iterator[_Job | None]
+    ) -> Iterator[tuple[list[_Job], list[Record]]]:
+        """Jobs through the model: fed continuously to a backend that streams (each out when done), else a batch."""
+        stream = None if self._stream_failed else getattr(self.backend, "generate_stream", None)
+        if stream is None:
+            batch = self._pick_batch(window, size, self.backend.token_budget())
+            yield batch, self._process(batch)
+            return
+        self.model_calls += 1
+        in_flight: dict[int, _Job] = {}
+
+        def requests() -> Iterator[Request | None]:
+            for job in ready:
+                if job is not None:
+                    in_flight[id(job)] = job
+                yield None if job is None else job.request.model_copy(update={"tag": id(job)})
+
+        try:
+            for gen in stream(requests(), max_rows=size):
+                job = in_flight.pop(gen.tag)
+                yield [job], self._process([job], [gen.model_copy(update={"tag": job.request.tag})])
+        except FATAL:
+            raise
+        except Exception:  # noqa: BLE001 - the stream itself broke (rows isolate their own failures)
+            self._stream_failed = True  # the batch path takes over, from the jobs that were in flight
+            window[:0] = in_flight.values()
+
+    def _process(self, batch: list[_Job], gens: list[Generation] | None = None) -> list[Record]:
+        """Validate (and repair) a batch's answers: generated here, or handed over by the stream."""
+        gens = self._generate_isolated([j.request for j in batch]) if gens is None else gens
         results: list[Record | None] = [None] * len(batch)
         retry: dict[int, str] = {}  # batch position -> validation error shown to the model
         for i, (job, gen) in enumerate(zip(batch, gens, strict=True)):
