@@ -343,7 +343,7 @@ sys.meta_path.insert(0, _Missing())
 
 
 def glmv(
-    tmp_path: Path, *args: str, prelude: str = HOOK, **env_vars: str
+    tmp_path: Path, *args: str, prelude: str = HOOK, timeout: float = 60, **env_vars: str
 ) -> tuple[subprocess.CompletedProcess, list[str]]:
     """Run glmv with a prelude (sitecustomize); returns the run and the heavy modules it imported."""
     hooks = tmp_path / "hooks"
@@ -357,9 +357,8 @@ def glmv(
     }
     env.pop("GLMV_BASE_URL", None)
     env.update(env_vars)
-    run = subprocess.run(
-        [sys.executable, "-m", "glmv_cli", *args], capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path
-    )
+    cmd = [sys.executable, "-m", "glmv_cli", *args]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path)
     return run, [m for m in (modules.read_text().split("\n") if modules.exists() else []) if m]
 
 
@@ -406,3 +405,70 @@ def test_the_local_backend_without_torch_says_what_to_install(tmp_path):
     assert run.stderr.strip().splitlines()[-1] == (
         "glmv: error: the local backend needs torch and transformers: pip install 'glmv[local]'"
     )
+
+
+# -- against glmv serve on the tiny checkpoint: the same records as the local backend ------------
+
+
+@pytest.fixture
+def glmv_serve(tiny_model, tmp_path):
+    """`glmv serve` on the tiny checkpoint at a free port, with API key K."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("glmv_cli.serve.app")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "GLMV_CACHE_DIR": str(tmp_path / "serve-cache")}
+    cmd = [sys.executable, "-m", "glmv_cli", "serve", "-m", str(tiny_model), "--port", str(port), "--api-key", "K"]
+    with log.open("w") as err:
+        proc = subprocess.Popen([*cmd, "--no-cache"], stdout=subprocess.DEVNULL, stderr=err, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    pass
+                remote = RemoteBackend(f"http://127.0.0.1:{port}/v1", api_key="K")
+                remote.identity()
+                break
+            except (OSError, ModelLoadError):
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_extract_through_glmv_serve_equals_the_local_backend(glmv_serve, tiny_model, tmp_path):
+    from tests.conftest import needs_corpus
+
+    invoices = needs_corpus() / "invoices"
+    # the Azure samples: 4 PDFs and 3 PNGs, in one local batch; random weights, so a small budget
+    args = ["extract", str(invoices), "--schema", "invoice", "--glob", "az_*", "--exclude", "*.json"]
+    args += ["--max-pages", "1", "--max-tokens", "128", "--no-cache"]
+    local, _ = glmv(tmp_path, *args, "--model", str(tiny_model), timeout=300)
+    remote, heavy = glmv(
+        tmp_path, *args, "--backend", "openai", "--base-url", glmv_serve, "--api-key", "K", timeout=300
+    )
+    assert local.returncode in (0, 3) and remote.returncode == local.returncode, remote.stderr[-2000:]
+
+    def essence(out: str) -> list[tuple]:
+        records = [json.loads(line) for line in out.splitlines()]
+        # ok and review both answered: a local answer closed early at the budget is review, and glmv
+        # serve reports it as finish_reason "stop" (not "length"), so over HTTP it reads as ok
+        status = {"ok": "answered", "review": "answered"}
+        return [
+            (Path(r["file"]).name, status.get(r["status"], r["status"]), r["error_code"], r["data"]) for r in records
+        ]
+
+    assert len(essence(local.stdout)) == len(list(invoices.glob("az_*[!n]")))  # every file but the .json ones
+    assert essence(remote.stdout) == essence(local.stdout)
+    assert heavy == []
