@@ -235,6 +235,20 @@ def test_429_honours_retry_after_then_5xx_is_retried(server):
     assert time.perf_counter() - started >= 1.0  # Retry-After: 1
 
 
+def test_a_busy_server_sends_the_request_to_another_at_once(server):
+    busy = FakeOpenAI()
+    try:
+        busy.script = [429]  # Retry-After: 1, but the other server is free
+        remote = backend(busy.url, server.url)
+        remote._endpoints._turn = -1  # the busy one is asked first
+        started = time.perf_counter()
+        gen = remote.generate([request()])[0]
+        assert gen.text == ANSWER and len(busy.bodies) == len(server.bodies) == 1
+        assert time.perf_counter() - started < 0.9
+    finally:
+        busy.close()
+
+
 def test_a_request_that_keeps_failing_becomes_an_error_generation(server):
     server.script = [500] * 3
     gen = backend(server.url, retries=2).generate([request()])[0]

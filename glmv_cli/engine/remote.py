@@ -309,7 +309,8 @@ class RemoteBackend(Backend):
             tried.add(endpoint.url)
             if not may_retry():
                 raise RuntimeError(f"{failure} (the answer was cut off)")
-            if failure.endpoint and failovers < len(self.base_urls) - 1 and self._endpoints.another_up(endpoint.url):
+            elsewhere = failure.endpoint or down_for is not None  # broken, or busy (429) while others are not
+            if elsewhere and failovers < len(self.base_urls) - 1 and self._endpoints.another_up(endpoint.url):
                 failovers += 1  # straight to the next server, no wait and no retry spent
                 continue
             if attempt >= self.retries:
