@@ -224,6 +224,21 @@ def test_a_batch_is_sent_concurrently(server):
     assert server.peak >= 4 and all(g.text == ANSWER and g.batch_size == 8 for g in gens)
 
 
+def test_the_stream_keeps_requests_in_flight_and_hands_each_answer_out_when_done(server):
+    server.script = [("sleep", 1.0)]  # the first request is slow; the others must not wait for it
+    remote = backend(server.url, concurrency=4)
+    feed = [request() for _ in range(6)]
+    for i, req in enumerate(feed):
+        req.tag = i
+    started = time.perf_counter()
+    seen = []
+    for gen in remote.generate_stream(iter([feed[0], None, *feed[1:]]), max_rows=3):
+        seen.append((gen.tag, time.perf_counter() - started))
+        assert gen.text == ANSWER
+    assert sorted(t for t, _ in seen) == list(range(6)) and seen[-1][0] == 0
+    assert all(at < 0.9 for tag, at in seen if tag != 0) and server.peak <= 3
+
+
 # -- retries, fail-over, time-outs -----------------------------------------------------------------
 
 

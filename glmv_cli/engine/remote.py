@@ -16,8 +16,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ BACKOFF_S = 0.5  # first retry waits about this long, doubling each time (with j
 MAX_BACKOFF_S = 30.0
 DOWN_S = 30.0  # a base URL that failed is skipped this long (unless every one is down)
 MAX_RETRY_AFTER_S = 120.0
+_END = object()
 
 
 class _Retryable(Exception):
@@ -209,13 +210,7 @@ class RemoteBackend(Backend):
         if not requests:
             return []
         started = time.perf_counter()
-        if len(requests) == 1:
-            gens = [self._answer(requests[0])]
-        else:
-            with self._lock:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="glmv-remote")
-            gens = list(self._pool.map(self._answer, requests))
+        gens = list(self._executor().map(self._answer, requests))
         for gen in gens:
             gen.batch_size = len(requests)
         if len(requests) > 1:  # like a local batch: the time the whole batch took
@@ -223,6 +218,44 @@ class RemoteBackend(Backend):
             for gen in gens:
                 gen.generate_s = elapsed
         return gens
+
+    def generate_stream(
+        self, requests: Iterable[Request | None], *, max_rows: int | None = None
+    ) -> Iterator[Generation]:
+        """Keep up to max_rows (default: the concurrency) requests in flight; yield each answer when it is done.
+
+        `None` from `requests` means none is ready yet. Nothing waits for a batch's slowest answer.
+        """
+        limit = max_rows or self.concurrency
+        source = iter(requests)
+        running: set[Future[Generation]] = set()
+        exhausted = False
+        try:
+            while not exhausted or running:
+                while not exhausted and len(running) < limit:
+                    request = next(source, _END)
+                    if request is _END:
+                        exhausted = True
+                    elif request is None:
+                        break
+                    else:
+                        running.add(self._executor().submit(self._answer, request))
+                if not running:
+                    if not exhausted:
+                        time.sleep(0.005)  # nothing ready and nothing in flight
+                    continue
+                done, running = wait(running, timeout=None if exhausted else 0.02, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        finally:
+            for future in running:
+                future.cancel()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="glmv-remote")
+            return self._pool
 
     def _answer(self, request: Request) -> Generation:
         try:
