@@ -17,7 +17,7 @@ from PIL import Image
 
 from glmv_cli.cache import ResultCache
 from glmv_cli.inputs import discover
-from tests.conftest import ROOT, SAMPLES, needs_corpus
+from tests.conftest import ANSWERED, ROOT, SAMPLES, needs_corpus
 
 SMALL = "vendor, total float: grand total, date date"
 
@@ -83,15 +83,15 @@ def test_hostile_folder(hostile, env, tmp_path):
     for name, r in records.items():
         if r["status"] == "failed":
             assert r["error_code"] and r["error"] and "\n" not in r["error"], (name, r)
-    assert records["invoice.png"]["status"] == "ok"
+    assert records["invoice.png"]["status"] in ANSWERED
     assert records["loop.png"]["error_code"] == "not_a_regular_file"
     assert records["f.pdf"]["error_code"] == "not_a_regular_file"
     # Extreme shapes are padded into the model's range instead of crashing its processor.
-    assert records["sliver.pdf"]["status"] == "ok", records["sliver.pdf"]
-    assert records["thin.png"]["status"] == "ok", records["thin.png"]
-    assert records["huge.jpg"]["status"] == "ok", records["huge.jpg"]  # decoded at 1/4 scale by the JPEG decoder
+    assert records["sliver.pdf"]["status"] in ANSWERED, records["sliver.pdf"]
+    assert records["thin.png"]["status"] in ANSWERED, records["thin.png"]
+    assert records["huge.jpg"]["status"] in ANSWERED, records["huge.jpg"]  # decoded at 1/4 scale by the JPEG decoder
     long = records["long.pdf"]
-    assert long["status"] == "ok" and long["pages"] == list(range(1, 9)) and long["page_count"] == 117
+    assert long["status"] in ANSWERED and long["pages"] == list(range(1, 9)) and long["page_count"] == 117
     assert long["warning"].startswith("117 pages; used 1-8; raise --max-pages")
     if "encrypted.pdf" in records:
         assert records["encrypted.pdf"]["error_code"] == "pdf_encrypted"

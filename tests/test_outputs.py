@@ -13,6 +13,7 @@ import pytest
 from glmv_cli.errors import OutputError, UsageError
 from glmv_cli.extraction.schemas import resolve_schema
 from glmv_cli.outputs import DirWriter, RunStats, format_pages, open_writer, percentile
+from glmv_cli.outputs.writers import RECORD_COLUMNS
 from glmv_cli.records import Record, Timings
 
 INVOICE = resolve_schema("invoice").json_schema()
@@ -78,7 +79,8 @@ def test_json_array_at_close(tmp_path: Path) -> None:
 def test_format_from_extension_and_unknown(tmp_path: Path) -> None:
     writer = open_writer(None, tmp_path / "x.csv", io.StringIO(), INVOICE)
     writer.close()
-    assert (tmp_path / "x.csv").read_text().startswith("file,pages,status,error_code,error,warning,cached,vendor_name")
+    header = (tmp_path / "x.csv").read_text().splitlines()[0]
+    assert header.startswith(",".join(RECORD_COLUMNS) + ",vendor_name")
     with pytest.raises(UsageError):
         open_writer("xml", None, io.StringIO())
 
@@ -89,7 +91,7 @@ def test_csv_flattens_in_schema_order() -> None:
         writer.write(ok(vendor={"name": "Acme", "vat": None}, total=9.5, status="paid", tags=["a", "b"]))
         writer.write(failed())
     header = out.getvalue().splitlines()[0]
-    assert header == "file,pages,status,error_code,error,warning,cached,vendor.name,vendor.vat,total,data.status,tags"
+    assert header == ",".join(RECORD_COLUMNS) + ",vendor.name,vendor.vat,total,data.status,tags"
     rows = read_csv(out.getvalue())
     assert rows[0] == {
         "file": "a.pdf",
@@ -98,6 +100,7 @@ def test_csv_flattens_in_schema_order() -> None:
         "error_code": "",
         "error": "",
         "warning": "",
+        "review_reasons": "",
         "cached": "false",
         "vendor.name": "Acme",
         "vendor.vat": "",
@@ -116,7 +119,7 @@ def test_csv_invoice_lists_are_json_cells() -> None:
         writer.write(ok(vendor_name="Acme", line_items=items))
     row = read_csv(out.getvalue())[0]
     assert json.loads(row["line_items"]) == items
-    assert list(row)[7:10] == ["vendor_name", "vendor_address", "vendor_tax_id"]
+    assert list(row)[8:11] == ["vendor_name", "vendor_address", "vendor_tax_id"]
 
 
 def test_csv_explode() -> None:
@@ -161,7 +164,7 @@ def test_csv_without_schema_uses_data_keys() -> None:
         writer.write(failed())
         writer.write(ok(b=1, a={"x": True}))
     rows = read_csv(out.getvalue())
-    assert list(rows[0]) == ["file", "pages", "status", "error_code", "error", "warning", "cached", "b", "a.x"]
+    assert list(rows[0]) == [*RECORD_COLUMNS, "b", "a.x"]
     assert rows[1]["a.x"] == "true"
 
 
@@ -295,5 +298,5 @@ def test_csv_recursive_schema_terminates() -> None:
     with open_writer("csv", None, out, schema) as writer:
         writer.write(ok(root={"label": "a", "parent": {"label": "b", "parent": None}}))
     row = read_csv(out.getvalue())[0]
-    assert list(row)[7:] == ["root.label", "root.parent"]
+    assert list(row)[8:] == ["root.label", "root.parent"]
     assert json.loads(row["root.parent"]) == {"label": "b", "parent": None}

@@ -66,6 +66,7 @@ class Generation(BaseModel):
     token_logprobs: list[float] | None = None
     tokens: list[str] | None = None  # decoded tokens, aligned with token_logprobs
     token_bytes: list[bytes] | None = None  # each token's exact bytes (a character may span tokens)
+    token_ids: list[int] | None = None  # the model's ids of those tokens (None from servers that omit them)
     tag: Any = None
 
     @property

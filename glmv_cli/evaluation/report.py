@@ -10,6 +10,7 @@ from glmv_cli.evaluation.compare import Comparison, Counts, compare_document
 from glmv_cli.evaluation.mapping import apply_map, load_map, scope
 from glmv_cli.evaluation.sources import read_predictions, read_truth
 
+ANSWERED = ("ok", "review")  # statuses whose data is scored (review: written, flagged for a look)
 THRESHOLDS = [round(0.5 + 0.05 * i, 2) for i in range(10)]  # 0.5 .. 0.95
 WORST = 5
 
@@ -33,7 +34,7 @@ class FieldScore:
 
 @dataclass
 class DocumentScore:
-    """One document's outcome: status ok, failed (record failed) or missing (no record)."""
+    """One document's outcome: status ok, review, failed (record failed) or missing (no record)."""
 
     file: str
     status: str
@@ -84,8 +85,8 @@ def evaluate(predictions: Path, truth: Path, map_spec: str | None = None) -> Rep
     for key, raw_truth in truths.items():
         expected = apply_map(raw_truth, fields) if fields else raw_truth
         record = records.get(key)
-        status = "missing" if record is None else "ok" if record.get("status") == "ok" else "failed"
-        data = record.get("data") if status == "ok" else None
+        status = "missing" if record is None else record.get("status") if record.get("status") in ANSWERED else "failed"
+        data = record.get("data") if status in ANSWERED else None
         result: Comparison = compare_document(data, expected, record and record.get("confidence"), scored)
         for name, counts in result.fields.items():
             per_field.setdefault(name, Counts()).add(counts)
@@ -95,7 +96,7 @@ def evaluate(predictions: Path, truth: Path, map_spec: str | None = None) -> Rep
     overall = Counts()
     for counts in per_field.values():
         overall.add(counts)
-    exact = sum(d.status == "ok" and d.fp == 0 and d.fn == 0 for d in docs)
+    exact = sum(d.status in ANSWERED and d.fp == 0 and d.fn == 0 for d in docs)
     return Report(
         documents=len(docs),
         failed=sum(d.status == "failed" for d in docs),

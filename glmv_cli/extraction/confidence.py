@@ -152,7 +152,7 @@ def below_reasons(confidence: Any, threshold: float | None) -> list[str]:
     if threshold is None or confidence is None:
         return []
     doubtful = [(path, c) for path, c in leaves(confidence) if c is not None and c < threshold]
-    return [f"{path}: confidence {c:.2f}{_BELOW}{threshold:g}" for path, c in doubtful]
+    return [f"{path}: confidence {c:.2g}{_BELOW}{threshold:g}" for path, c in doubtful]
 
 
 def is_threshold_reason(reason: str) -> bool:
