@@ -175,7 +175,7 @@ def _completion(gen: Generation, chat: ChatCompletionRequest, model: str) -> dic
     message: dict[str, Any] = {"role": "assistant", "content": gen.text}
     if gen.thinking:
         message["reasoning_content"] = gen.thinking
-    choice = {"index": 0, "message": message, "logprobs": _logprobs(gen, chat), "finish_reason": gen.finish_reason}
+    choice = {"index": 0, "message": message, "logprobs": _logprobs(gen, chat), "finish_reason": _finish(gen)}
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -184,6 +184,15 @@ def _completion(gen: Generation, chat: ChatCompletionRequest, model: str) -> dic
         "choices": [choice],
         "usage": usage(gen.prompt_tokens, gen.output_tokens),
     }
+
+
+def _finish(gen: Generation) -> str:
+    """OpenAI's finish_reason; an answer the token budget closed early is `length`, as vLLM says of a cut one.
+
+    The JSON is complete but may be short of what the document holds, and a glmv client marks it
+    `review` either way, so a remote run's records match the local backend's.
+    """
+    return "length" if gen.closed_early else gen.finish_reason
 
 
 def _logprobs(gen: Generation, chat: ChatCompletionRequest) -> dict[str, Any] | None:
@@ -265,7 +274,7 @@ async def _tail(chunks: _Chunks, gen: Generation, chat: ChatCompletionRequest, t
         yield chunks.delta({"content": text})
     final: dict[str, Any] = {"reasoning_content": gen.thinking} if gen.thinking else {}
     # Per-token logprobs arrive with the last chunk: the engine reports them when the answer is done.
-    yield chunks.delta(final, gen.finish_reason, _logprobs(gen, chat))
+    yield chunks.delta(final, _finish(gen), _logprobs(gen, chat))
     if chat.stream_options and chat.stream_options.include_usage:
         yield chunks.usage(gen)
     yield "data: [DONE]\n\n"

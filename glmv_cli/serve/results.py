@@ -8,9 +8,18 @@ from typing import Any
 from glmv_cli.cache import ResultCache, cache_key
 from glmv_cli.engine.base import Generation
 
-_KEPT = ("text", "thinking", "finish_reason", "prompt_tokens", "output_tokens", "token_logprobs", "tokens")
+_KEPT = (
+    "text",
+    "thinking",
+    "finish_reason",
+    "closed_early",
+    "prompt_tokens",
+    "output_tokens",
+    "token_logprobs",
+    "tokens",
+)
 # token_bytes are kept as hex (JSON has no bytes).
-_VERSION = "serve-1"  # bump when what a cached answer holds changes
+_VERSION = "serve-2"  # bump when what a cached answer holds changes
 
 
 class AnswerCache:
