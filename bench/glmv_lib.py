@@ -25,7 +25,7 @@ def main(batch: str) -> None:
     batch_size = backend.default_batch_size()
     schema = resolve_schema(SCHEMA)
     options = ExtractOptions(
-        settings=GenerationSettings(max_new_tokens=MAX_NEW_TOKENS),
+        settings=GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, logprobs=True),  # as glmv extract: confidence on
         batch_size=batch_size,
         use_cache=False,
         text_hint="off",
@@ -42,16 +42,16 @@ def main(batch: str) -> None:
         t0 = time.perf_counter()
         records = list(extractor.run(paths))
         wall = time.perf_counter() - t0
-        # valid means ok with no warning; ok answers the token budget closed early carry a warning.
+        # valid means ok with no warning; answers the token budget closed early are review, counted apart.
         valid = sum(r.status == "ok" and not r.warning for r in records)
-        closed_early = sum(r.status == "ok" and bool(r.warning) for r in records)
+        closed_early = sum(r.status == "review" for r in records)
         tokens = sum(r.timings.output_tokens or 0 for r in records)
         decode_tokens = decode_s = None
         if batch_size == 1:  # per-document timings are per call only when each call is one document
             decode_tokens = sum((r.timings.output_tokens or 1) - 1 for r in records)
             decode_s = sum((r.timings.generate or 0) - (r.timings.ttft or 0) for r in records)
-        errors = sorted({(r.error or "")[:120] for r in records if r.status != "ok"})
-        warnings = sorted({r.warning[:120] for r in records if r.status == "ok" and r.warning})
+        errors = sorted({(r.error or "")[:120] for r in records if r.status == "failed"})
+        warnings = sorted({r.warning[:120] for r in records if r.warning})
         rounds.append(
             round_figures(
                 len(records),
