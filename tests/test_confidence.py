@@ -56,6 +56,12 @@ def test_a_character_split_across_tokens_counts_both_tokens():
     assert got == pytest.approx({("city",): 0.3})
 
 
+def test_thinking_before_the_answer_is_skipped():
+    pieces = [b"<think>", b'{"a":', b"7}", b"</think>", b'{"a":', b"1", b"}"]
+    got = leaf_confidence(pieces, [lp(p) for p in (0.5, 0.5, 0.01, 0.5, 0.5, 0.9, 0.5)])
+    assert got == pytest.approx({("a",): 0.9})
+
+
 def test_empty_strings_nested_objects_and_lists_of_objects():
     text = '{"a":"","b":{"c":true},"items":[{"d":1},{"d":-2.5e3}],"e":[]}'
     spans = leaf_spans(text, 0)

@@ -39,9 +39,12 @@ def _version(value: bool) -> None:
         except PackageNotFoundError:
             return "not installed"
 
-    import torch  # only here: --version reports the device
-
-    device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    try:
+        import torch  # only here: --version reports the device
+    except ImportError:  # a torch-free install (remote backends only)
+        device = "none (install glmv[local] for the local backend)"
+    else:
+        device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
     typer.echo(f"glmv {__version__}\ntorch {ver('torch')}\ntransformers {ver('transformers')}\ndevice {device}")
     raise typer.Exit()
 

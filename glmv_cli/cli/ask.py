@@ -135,7 +135,7 @@ def ask(
         payload = {
             "answer": gen.text,
             "files": files,
-            "model": model,
+            "model": backend.model_id,  # with --backend openai: the served model's name
             "finish_reason": gen.finish_reason,
             "timings": timings,
         }

@@ -107,7 +107,9 @@ def token_offsets(pieces: Sequence[bytes]) -> tuple[str, list[Span]]:
 def leaf_confidence(pieces: Sequence[bytes], logprobs: Sequence[float]) -> dict[tuple, float]:
     """Every leaf path of the JSON answer -> the lowest probability of its own tokens."""
     text, tokens = token_offsets(pieces)
-    start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
+    after = text.rfind("</think>")  # a server's tokens may include the thinking before the answer
+    after = 0 if after < 0 else after + len("</think>")
+    start = min((i for i in (text.find("{", after), text.find("[", after)) if i >= 0), default=-1)
     if start < 0:
         return {}
     spans = leaf_spans(text, start)
