@@ -44,6 +44,7 @@ ERROR_CODES: dict[str, str] = {
     "preprocess_failed": "the model's processor rejected the pages",
     "generation_failed": "the model failed while answering",
     "invalid_output": "the answer does not validate against the schema",
+    "remote_failed": "--backend openai: the server failed this request after retries and failover",
     "remote_unavailable": "--backend openai: no --base-url server answered, or none serves the model (the run stops)",
     # after the model
     "cache_failed": "the result cache could not be read or written",

@@ -413,7 +413,7 @@ def test_extract_exit_codes_when_the_server_fails(server, tmp_path):
     run, _ = glmv(tmp_path, *args, "--base-url", server.url)
     records = [json.loads(line) for line in run.stdout.splitlines()]
     assert run.returncode == 3 and [r["status"] for r in records] == ["failed", "failed"]
-    assert all("HTTP 400" in r["error"] and r["error_code"] == "generation_failed" for r in records)
+    assert all("HTTP 400" in r["error"] and r["error_code"] == "remote_failed" for r in records)
     run, _ = glmv(tmp_path, *args, "--base-url", closed_port_url())  # nothing answers: fatal, one line
     assert run.returncode == 1 and run.stdout == ""
     assert run.stderr.strip().splitlines()[-1].startswith("glmv: error: no --base-url server answered /models")

@@ -55,6 +55,7 @@ class Generation(BaseModel):
     thinking: str | None = None
     finish_reason: Literal["stop", "length", "error"] = "stop"
     error: str | None = None
+    error_code: str | None = None  # the record's error code when the backend knows better (errors.ERROR_CODES)
     closed_early: bool = False  # the token budget ran low and the JSON was steered to its end
     prompt_tokens: int = 0
     output_tokens: int = 0

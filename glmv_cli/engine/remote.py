@@ -265,7 +265,7 @@ class RemoteBackend(Backend):
             elapsed = time.perf_counter() - started
             return self._generation(request, reply, preprocess_s, elapsed)
         except Exception as exc:  # noqa: BLE001 - one request's failure is its Generation, never the batch's
-            return Generation(finish_reason="error", error=_describe(exc), tag=request.tag)
+            return Generation(finish_reason="error", error=_describe(exc), error_code="remote_failed", tag=request.tag)
 
     def stream(self, request: Request, on_text: Callable[[str], None]) -> Generation:
         """Stream one answer over server-sent events; a retry happens only before any text is shown."""
@@ -278,7 +278,7 @@ class RemoteBackend(Backend):
             self._send(body, state.consume, stream=True, may_retry=lambda: state.first is None)
             return state.generation(preprocess_s)
         except Exception as exc:  # noqa: BLE001
-            return Generation(finish_reason="error", error=_describe(exc), tag=request.tag)
+            return Generation(finish_reason="error", error=_describe(exc), error_code="remote_failed", tag=request.tag)
 
     def _body(self, request: Request) -> tuple[dict[str, Any], float]:
         if not _is_ours(request.prepared) or len(request.prepared["images"]) != len(request.images):

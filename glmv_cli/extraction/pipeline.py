@@ -530,7 +530,7 @@ class Extractor:
             confidence = self._confidence(last, data)
         code = None
         if error is not None:
-            code = "generation_failed" if last.finish_reason == "error" else "invalid_output"
+            code = (last.error_code or "generation_failed") if last.finish_reason == "error" else "invalid_output"
         record = Record(
             file=job.name,
             pages=job.pages,
