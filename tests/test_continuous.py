@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from glmv_cli.engine.base import GenerationSettings, Request
-from glmv_cli.engine.decode import KVBatch
+from glmv_cli.engine.decode import Batcher, KVBatch
 from glmv_cli.engine.local import LocalBackend
 from tests.test_engine import SCHEMA
 
@@ -28,6 +28,17 @@ def forward_rows(backend):
     handle = backend.loaded.model.register_forward_pre_hook(hook, with_kwargs=True)
     yield sizes
     handle.remove()
+
+
+@pytest.fixture
+def no_failures(monkeypatch):
+    """Batches that never fail: a swallowed error would otherwise hide behind the retry paths."""
+
+    def fail(self, items, error, out_of_memory):
+        raise AssertionError(error)
+
+    monkeypatch.setattr(Batcher, "_start_failed", fail)
+    monkeypatch.setattr(Batcher, "_step_failed", fail)
 
 
 def mixed_requests() -> list[Request]:
@@ -54,7 +65,7 @@ def assert_same(batched, alone):
     assert batched.token_logprobs == pytest.approx(alone.token_logprobs, abs=1e-4)
 
 
-def test_rows_joining_mid_flight_answer_as_alone(backend, forward_rows):
+def test_rows_joining_mid_flight_answer_as_alone(backend, forward_rows, no_failures):
     reqs = [r.model_copy(update={"tag": i}) for i, r in enumerate(mixed_requests())]
     alone = [backend.generate([r])[0] for r in reqs]
     forward_rows.clear()
@@ -69,7 +80,7 @@ def test_rows_joining_mid_flight_answer_as_alone(backend, forward_rows):
     assert streamed[0].tag != 0  # the 8-token answer finished before the first request's 48
 
 
-def test_generate_keeps_order_and_matches_rows_alone(backend):
+def test_generate_keeps_order_and_matches_rows_alone(backend, no_failures):
     reqs = mixed_requests()
     batched = backend.generate(reqs)
     for req, gen in zip(reqs, batched, strict=True):
@@ -77,7 +88,7 @@ def test_generate_keeps_order_and_matches_rows_alone(backend):
     assert {g.finish_reason for g in batched} <= {"stop", "length"}
 
 
-def test_a_finished_row_leaves_the_batch(backend, forward_rows):
+def test_a_finished_row_leaves_the_batch(backend, forward_rows, no_failures):
     settings = [GenerationSettings(max_new_tokens=n) for n in (4, 30, 30)]
     reqs = [Request(prompt=f"Write {i}", settings=s) for i, s in enumerate(settings)]
     gens = backend.generate(reqs)
@@ -90,7 +101,7 @@ def test_a_finished_row_leaves_the_batch(backend, forward_rows):
     assert gens[0].decode_s < gens[1].decode_s
 
 
-def test_join_pads_the_shorter_cache_on_the_left(backend, monkeypatch):
+def test_join_pads_the_shorter_cache_on_the_left(backend, monkeypatch, no_failures):
     joins = []
     real = KVBatch.join
 
@@ -135,7 +146,7 @@ def test_seeded_sampling_is_the_same_in_any_batch(backend):
     assert [g.text for g in batched] == [backend.generate([r])[0].text for r in reqs]
 
 
-def test_thinking_then_json_joins_like_any_row(backend):
+def test_thinking_then_json_joins_like_any_row(backend, no_failures):
     settings = GenerationSettings(max_new_tokens=48, think=True, think_budget=6)
     reqs = [Request(prompt=f"Think {i}", json_schema=SCHEMA, settings=settings) for i in range(2)]
     reqs.append(Request(prompt="plain", settings=GenerationSettings(max_new_tokens=5)))

@@ -146,7 +146,7 @@ class KVBatch:
 
     def _trim(self) -> None:
         """Drop the left columns every row pads: attention never pays for them."""
-        pad = min(self.mask.shape[1] - r.length for r in self.rows)
+        pad = min((self.mask.shape[1] - r.length for r in self.rows), default=0)
         if pad > 0:
             self.mask = self.mask[:, pad:]
             for layer in self.cache.layers:
@@ -321,8 +321,10 @@ class Batcher:
                     else:
                         row.ended_at = now
                         done.append(row)
-                batch.keep(keep)  # finished rows leave now, before the next forward
-                if batch.rows:
+                if not keep:
+                    self.batch = None  # every row is done: its cache goes
+                else:
+                    batch.keep(keep)  # finished rows leave now, before the next forward
                     batch.step(self.model(), [tokens[n] for n in keep])
         except Exception as exc:  # noqa: BLE001 - the batch's failure, handled below
             error, out_of_memory = self.describe(exc), self.is_out_of_memory(exc)
@@ -339,6 +341,8 @@ class Batcher:
         self.batch = None
         if out_of_memory:
             self.on_out_of_memory()
+        if not rows:
+            return
         if len(rows) == 1:
             yield Finished(rows[0].work, error=error)
             return
