@@ -123,10 +123,43 @@ def extras(results: dict[str, dict[str, Any]]) -> str:
             f"({r['image_px'][0]}x{r['image_px'][1]} px images, --max-tokens {r['max_tokens']}, cache off; "
             f"walls {r['wall_50_s']:.0f} s and {r['wall_1000_s']:.0f} s)"
         )
-    for key in ("startup", "cached", "grammar_cost", "rss_scale"):
+    lines.extend(_serve_load_lines(results.get("serve_load", {})))
+    for key in ("startup", "cached", "grammar_cost", "rss_scale", "serve_load"):
         if results.get(key, {}).get("error"):
             lines.append(f"{key}: ERROR: {results[key]['error']}")
     return "\n".join(lines)
+
+
+def _serve_load_lines(result: dict[str, Any]) -> list[str]:
+    """The load step: glmv serve batched vs --max-batch 1, and glmv --backend openai vs vLLM direct."""
+    lines = []
+    s = result.get("serve")
+    if s:
+        for label, run in s["runs"].items():
+            if "requests_per_s" not in run:
+                lines.append(f"glmv serve {label:<12} ERROR: {run.get('error', 'no figures')}")
+                continue
+            calls = ", ".join(f"{n}x{size}" for size, n in (run.get("model_calls_by_batch") or {}).items())
+            lines.append(
+                f"glmv serve {label:<12} {run['requests_per_s']:.2f} req/s, latency p50 {run['p50_latency_s']:.2f} s "
+                f"p95 {run['p95_latency_s']:.2f} s, {run['errors']} errors of {run['requests']} "
+                f"({s['clients']} clients, {s['image_px'][0]}x{s['image_px'][1]} px PNG, strict invoice schema, "
+                f"max_tokens {s['max_tokens']}, --no-cache; model calls (count x size, warm-up included): {calls})"
+            )
+        if s.get("batching_gain") is not None:
+            lines.append(f"glmv serve batching gain  {s['batching_gain']:.2f}x req/s (batched over --max-batch 1)")
+    r = result.get("remote")
+    if r and r.get("skipped"):
+        lines.append(f"glmv --backend openai vs vLLM direct: {r['skipped']}")
+    elif r and "ratio" in r:
+        lines.append(
+            f"glmv --backend openai vs vLLM direct  {r['glmv_docs_per_s']:.2f} vs {r['direct_docs_per_s']:.2f} docs/s "
+            f"-> {r['ratio']:.2f}x ({r['ratio_with_startup']:.2f}x counting glmv's start-up; {r['docs']} docs, "
+            f"{r['in_flight']} in flight, max_tokens {r['max_tokens']}, best of {len(r['rounds'])} round(s))"
+        )
+    elif r:
+        lines.append(f"glmv --backend openai vs vLLM direct: ERROR: {r.get('error', 'no figures')}")
+    return lines
 
 
 def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -188,6 +221,30 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(_target("RSS(1000 pages) <= 1.2x RSS(50 pages)", r["ratio"] <= 1.2, detail))
     else:
         out.append(_target("RSS(1000 pages) <= 1.2x RSS(50 pages)", None, r.get("error", "not measured")))
+    out.extend(_serve_load_targets(results.get("serve_load", {})))
+    return out
+
+
+def _serve_load_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """glmv serve answers every request under load; glmv's remote backend keeps up with vLLM driven directly."""
+    out = []
+    name = "glmv serve under load: 0 errors"
+    runs = [r for r in (result.get("serve") or {}).get("runs", {}).values() if "requests_per_s" in r]
+    if runs and len(runs) == len(result["serve"]["runs"]):
+        errors, sent = sum(r["errors"] for r in runs), sum(r["requests"] for r in runs)
+        gain = result["serve"].get("batching_gain")
+        detail = f"{errors} errors of {sent} requests; batching gain {_fmt(gain)}x"
+        out.append(_target(name, errors == 0, detail))
+    else:
+        failed = [r["error"] for r in (result.get("serve") or {}).get("runs", {}).values() if r.get("error")]
+        out.append(_target(name, None, (failed or [result.get("error", "not measured")])[0]))
+    name = "glmv --backend openai docs/s >= 0.9x the same requests straight to vLLM"
+    r = result.get("remote") or {}
+    if "ratio" in r:
+        detail = f"{r['glmv_docs_per_s']:.2f} vs {r['direct_docs_per_s']:.2f} docs/s -> {r['ratio']:.2f}x"
+        out.append(_target(name, r["ratio"] >= 0.9, detail))
+    else:
+        out.append(_target(name, None, r.get("skipped") or r.get("error") or "not measured"))
     return out
 
 

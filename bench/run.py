@@ -37,6 +37,7 @@ STEPS: list[tuple[str, list[str]]] = [
     ("grammar_cost", ["bench.grammar_cost"]),
     ("cached", ["bench.cached"]),
     ("rss_scale", ["bench.rss_scale"]),
+    ("serve_load", ["bench.serve_load"]),  # glmv serve under 8 clients; glmv --backend openai vs vLLM direct
 ]
 RESULTS = common.ROOT / "bench" / "results.json"
 QUIET_WAIT_S = 180  # per step, at most: wait for other processes to leave the CPU before measuring
