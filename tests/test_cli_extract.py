@@ -162,13 +162,13 @@ def test_text_hint_reaches_the_prompt(model_env, monkeypatch):
     from glmv_cli.extraction import pipeline
 
     prompts = []
-    real = pipeline.Extractor._generate
+    real = pipeline.Extractor._process
 
-    def spy(self, requests):
-        prompts.extend(r.prompt for r in requests)
-        return real(self, requests)
+    def spy(self, batch, gens=None):
+        prompts.extend(job.request.prompt for job in batch)
+        return real(self, batch, gens)
 
-    monkeypatch.setattr(pipeline.Extractor, "_generate", spy)
+    monkeypatch.setattr(pipeline.Extractor, "_process", spy)
     assert extract(str(SAMPLES / "invoice-acme.pdf"), "--schema", SMALL, "--no-cache").exit_code == 0
     assert "INV-2024-0042" in prompts[-1]  # the PDF's own text layer
     assert (
@@ -314,19 +314,19 @@ def test_resume_after_interrupt(model_env, tmp_path, monkeypatch):
         shutil.copy(SAMPLES / name, folder / name)
     out = tmp_path / "out.jsonl"
     calls = []
-    real = pipeline.Extractor._generate
+    real = pipeline.Extractor._process
 
-    def flaky(self, requests):
-        calls.append(len(requests))
+    def flaky(self, batch, gens=None):
+        calls.append(len(batch))
         if len(calls) == 2:
             raise KeyboardInterrupt  # Ctrl-C in the middle of the run
-        return real(self, requests)
+        return real(self, batch, gens)
 
-    monkeypatch.setattr(pipeline.Extractor, "_generate", flaky)
+    monkeypatch.setattr(pipeline.Extractor, "_process", flaky)
     first = extract(str(folder), "--schema", SMALL, "--batch-size", "1", "-o", str(out))
     assert first.exit_code == 130 and not out.exists()
     calls.clear()
-    monkeypatch.setattr(pipeline.Extractor, "_generate", real)
+    monkeypatch.setattr(pipeline.Extractor, "_process", real)
     second = extract(
         str(folder), "--schema", SMALL, "--batch-size", "1", "-o", str(out), "--stats-json", str(tmp_path / "s.json")
     )

@@ -148,17 +148,32 @@ def test_generate_raises(model_env, five, tmp_path, monkeypatch, think):
 
 
 def test_batch_level_generate_failure_retries_rows(model_env, five, tmp_path, monkeypatch):
-    """Even a backend that fails whole batches (no isolation of its own) fails one document only."""
+    """Even a backend that fails whole batches (no isolation of its own) fails one document only.
+
+    Its stream breaks at the bad document, and so does every batch holding it: the pipeline
+    goes on in batches from the documents that were in flight, and retries a failed batch row by row.
+    """
     from glmv_cli.engine.local import LocalBackend
 
     real = LocalBackend.generate
+    real_stream = LocalBackend.generate_stream
 
     def generate(self, requests):
         if _bad_rows(requests):
             raise RuntimeError("batch exploded")
         return real(self, requests)
 
+    def generate_stream(self, requests, **kw):
+        def checked():
+            for r in requests:
+                if r is not None and _bad_rows([r]):
+                    raise RuntimeError("stream exploded")
+                yield r
+
+        return real_stream(self, checked(), **kw)
+
     monkeypatch.setattr(LocalBackend, "generate", generate)
+    monkeypatch.setattr(LocalBackend, "generate_stream", generate_stream)
     assert_one_failed(*run(five, tmp_path, "--batch-size", "5"), "generation_failed")
 
 
