@@ -11,8 +11,8 @@ install:  ## create .venv and install glmv (editable) with the dev tools, CPU to
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -c constraints.txt -e ".[local,serve,dev]"
 
-test:  ## the hermetic test suite (builds the tiny checkpoint once per session); slow corpus runs excluded
-	$(BIN)/python -m pytest -q -m "not slow"
+test:  ## the hermetic test suite, two workers (each builds the tiny checkpoint once); slow corpus runs excluded
+	$(BIN)/python -m pytest -q -m "not slow" -n 2
 
 test-slow:  ## the slow end-to-end runs over ../shared/corpus (e.g. SIGKILL at 5 moments, then re-run)
 	$(BIN)/python -m pytest -q -m slow
