@@ -13,6 +13,7 @@ HEAVY_ALLOWED = {
     "engine/grammar.py",
     "engine/closing.py",
     "engine/steps.py",
+    "engine/decode.py",
     "engine/tiny.py",
 }
 # llguidance alone is light (a Rust extension, ~30 ms to import beside pydantic, no torch):
