@@ -205,7 +205,9 @@ def test_concurrent_requests_share_a_batch(server, tiny_model):
         replies = list(pool.map(ask, range(4)))
     assert all(r.choices[0].message.content is not None for r in replies)
     status, _, metrics = _get(server, "/metrics", BATCH_KEY)
-    assert status == 200 and max(int(size) for size in metrics["batches"]) > 1, metrics
+    # Continuous batching: "batches" counts answers by the most rows decoding beside them.
+    assert status == 200 and metrics["continuous"] and metrics["peak_rows"] > 1, metrics
+    assert max(int(size) for size in metrics["batches"]) > 1, metrics
     batched = [line for line in server.log_lines() if line.get("key") == key_id(BATCH_KEY) and line.get("batch")]
     assert max(line["batch"] for line in batched) > 1
 
@@ -353,6 +355,82 @@ def test_batcher_stops_a_stream_whose_client_left():
             future.result(5)
     finally:
         batcher.close()
+
+
+def _cpu_ticks(thread: threading.Thread) -> int:
+    fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def test_batcher_continuous_a_request_joins_the_running_batch(tiny_model):
+    """With the real tiny model: a short request sent while a long one decodes joins its batch and
+    finishes first; a streaming request waits for the running rows; the idle worker blocks."""
+    from glmv_cli.engine.base import GenerationSettings
+    from glmv_cli.engine.factory import create_backend
+
+    backend = create_backend(str(tiny_model), device="cpu")
+    backend.generate([Request(prompt="warm up", settings=GenerationSettings(max_new_tokens=2))])
+    batcher = Batcher(backend, max_batch=4, wait_s=0.0).start()
+    assert batcher.continuous
+    try:
+        long = batcher.submit(Request(prompt="a long answer", settings=GenerationSettings(max_new_tokens=400)))
+        while batcher.peak_rows < 1:  # the long request is in the decode loop
+            time.sleep(0.002)
+        time.sleep(0.05)
+        short = batcher.submit(Request(prompt="short", tag="mine", settings=GenerationSettings(max_new_tokens=2)))
+        first = short.result(60)
+        assert not long.done(), "the short request waited for the long one"
+        last = long.result(60)
+        assert first.tag == "mine" and first.output_tokens == 2 and first.batch_size == 2
+        assert last.output_tokens == 400 and last.batch_size == 2 and batcher.peak_rows == 2
+        assert batcher.batch_sizes == {2: 2}
+
+        pieces: list[str] = []
+        again = batcher.submit(Request(prompt="again", settings=GenerationSettings(max_new_tokens=200)))
+        streamed, _ = batcher.submit_stream(
+            Request(prompt="s", settings=GenerationSettings(max_new_tokens=3)), pieces.append
+        )
+        assert streamed.result(60).finish_reason != "error" and again.done() and pieces  # stream after the row
+        assert batcher.streams == 1
+
+        if Path("/proc/self/task").is_dir():
+            before = _cpu_ticks(batcher._thread)
+            time.sleep(0.5)
+            assert _cpu_ticks(batcher._thread) - before <= 2, "the idle worker spins"
+    finally:
+        batcher.close()
+    assert not batcher._thread.is_alive()
+
+
+class _BrokenStreamBackend(_FakeBackend):
+    """generate_stream fails after taking two requests; generate answers (and fails the row "bad")."""
+
+    def generate_stream(self, requests, *, max_rows=None):
+        source = iter(requests)
+        taken = [r for r in (next(source) for _ in range(2)) if r is not None]
+        assert taken
+        raise RuntimeError("the stream broke")
+        yield  # a generator
+
+    def generate(self, requests):
+        gens = super().generate(requests)
+        return [
+            Generation(finish_reason="error", error="bad row") if r.prompt == "bad" else g
+            for r, g in zip(requests, gens, strict=True)
+        ]
+
+
+def test_batcher_stream_failure_falls_back_to_generate():
+    backend = _BrokenStreamBackend()
+    batcher = Batcher(backend, max_batch=4, wait_s=0.2)
+    futures = [batcher.submit(Request(prompt=p)) for p in ("ok", "bad", "later")]
+    batcher.start()
+    try:
+        answers = [f.result(5) for f in futures]
+    finally:
+        batcher.close()
+    assert [a.text for a in answers] == ["OK", "", "LATER"] and answers[1].finish_reason == "error"
+    assert not batcher.continuous and backend.calls == [("generate", 2), ("generate", 1)]
 
 
 def test_rate_limiter_token_bucket():

@@ -130,6 +130,8 @@ def create_app(backend: Backend, config: ServeConfig) -> FastAPI:
             "batches": {str(size): n for size, n in sorted(batcher.batch_sizes.items())},
             "streams": batcher.streams,
             "max_batch": batcher.max_batch,
+            "peak_rows": batcher.peak_rows,
+            "continuous": batcher.continuous,
             "cache": answers.stats() if answers is not None else None,
         }
 
