@@ -179,7 +179,8 @@ def test_prepared_requests_collate_like_the_processor(backend):
 
     from glmv_cli.engine.local import collate
 
-    reqs = [Request(images=[img], prompt=f"Extract {i}" * (i + 1)) for i, img in enumerate(images())]
+    short = GenerationSettings(max_new_tokens=24)  # the inputs are what is compared; answers only agree
+    reqs = [Request(images=[img], prompt=f"Extract {i}" * (i + 1), settings=short) for i, img in enumerate(images())]
     texts = backend._prompts(reqs, think=False)
     batch = backend.loaded.processor(text=texts, images=[r.images for r in reqs], return_tensors="pt", padding=True)
     prepared = [backend.prepare(r) for r in reqs]
