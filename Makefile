@@ -11,8 +11,13 @@ install:  ## create .venv and install glmv (editable) with the dev tools, CPU to
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -c constraints.txt -e ".[local,serve,dev]"
 
+# Two pytest-xdist workers share the cores: torch's default of a thread per core in each worker (and in
+# each glmv it starts) oversubscribes them (on 2 cores: 282 s with it, 158 s with a thread per worker).
+TEST_THREADS := $(shell echo $$(( ($$(nproc 2>/dev/null || echo 2) + 1) / 2 )))
+
 test:  ## the hermetic test suite, two workers (each builds the tiny checkpoint once); slow corpus runs excluded
-	$(BIN)/python -m pytest -q -m "not slow" -n 2
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(TEST_THREADS)} MKL_NUM_THREADS=$${MKL_NUM_THREADS:-$(TEST_THREADS)} \
+		$(BIN)/python -m pytest -q -m "not slow" -n 2
 
 test-slow:  ## the slow end-to-end runs over ../shared/corpus (e.g. SIGKILL at 5 moments, then re-run)
 	$(BIN)/python -m pytest -q -m slow

@@ -24,6 +24,13 @@ def answered(status: str) -> str:
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist, share the cores between workers: torch's default of one thread per core in
+# every worker (and in every glmv it starts) oversubscribes them. `make test` sets this before
+# Python starts (which works best); this covers a plain `pytest -n N`, and the glmv processes tests start.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    os.environ.setdefault("MKL_NUM_THREADS", str(_threads))
 
 
 def needs_corpus() -> Path:
