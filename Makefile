@@ -17,7 +17,7 @@ TEST_THREADS := $(shell echo $$(( ($$(nproc 2>/dev/null || echo 2) + 1) / 2 )))
 
 test:  ## the hermetic test suite, two workers (each builds the tiny checkpoint once); slow corpus runs excluded
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(TEST_THREADS)} MKL_NUM_THREADS=$${MKL_NUM_THREADS:-$(TEST_THREADS)} \
-		$(BIN)/python -m pytest -q -m "not slow" -n 2
+		$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadgroup
 
 test-slow:  ## the slow end-to-end runs over ../shared/corpus (e.g. SIGKILL at 5 moments, then re-run)
 	$(BIN)/python -m pytest -q -m slow

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,3 +67,47 @@ def model_env(monkeypatch, tiny_model) -> Path:
     """GLMV_MODEL pointing at the tiny checkpoint."""
     monkeypatch.setenv("GLMV_MODEL", str(tiny_model))
     return tiny_model
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def glmv_serve(model: Path, tmp: Path, *args: str, timeout: float = 120) -> Iterator[tuple[str, Path]]:
+    """`glmv serve -m MODEL ARGS` in a subprocess at a free port: (base URL, stderr log) once /health is ok.
+
+    Its cache lives in `tmp`; the process is terminated (then killed) on exit.
+    """
+    port = free_port()
+    log = tmp / "serve-stderr.log"
+    env = {**os.environ, "GLMV_CACHE_DIR": str(tmp / "serve-cache"), "HF_HUB_OFFLINE": "1"}
+    env.pop("GLMV_MODEL", None)
+    env.pop("GLMV_API_KEYS", None)
+    cmd = [sys.executable, "-m", "glmv_cli", "serve", "-m", str(model), "--port", str(port), *args]
+    with log.open("w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"glmv serve exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    assert json.load(response)["status"] == "ok"
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"glmv serve did not come up:\n{log.read_text()}")
+                time.sleep(0.2)
+        yield url, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from PIL import Image
 from glmv_cli.engine.base import GenerationSettings, Request
 from glmv_cli.engine.remote import RemoteBackend, split_base_urls
 from glmv_cli.errors import ModelLoadError
-from tests.conftest import ROOT, SAMPLES
+from tests.conftest import ROOT, SAMPLES, free_port, glmv_serve
 
 ANSWER = '{"vendor":"ACME","total":12.5}'
 HEAVY = ("torch", "transformers")
@@ -150,10 +149,7 @@ def server():
 
 def closed_port_url() -> str:
     """A base URL nobody listens on (connection refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
+    return f"http://127.0.0.1:{free_port()}/v1"
 
 
 def request(**settings: Any) -> Request:
@@ -440,43 +436,16 @@ def test_the_local_backend_without_torch_says_what_to_install(tmp_path):
 
 
 @pytest.fixture
-def glmv_serve(tiny_model, tmp_path):
-    """`glmv serve` on the tiny checkpoint at a free port, with API key K."""
+def served(tiny_model, tmp_path):
+    """`glmv serve` on the tiny checkpoint at a free port, with API key K: its /v1 base URL."""
     pytest.importorskip("fastapi")
     pytest.importorskip("glmv_cli.serve.app")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path / "serve.log"
-    env = {**os.environ, "GLMV_CACHE_DIR": str(tmp_path / "serve-cache")}
-    cmd = [sys.executable, "-m", "glmv_cli", "serve", "-m", str(tiny_model), "--port", str(port), "--api-key", "K"]
-    with log.open("w") as err:
-        proc = subprocess.Popen([*cmd, "--no-cache"], stdout=subprocess.DEVNULL, stderr=err, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    pass
-                remote = RemoteBackend(f"http://127.0.0.1:{port}/v1", api_key="K")
-                remote.identity()
-                break
-            except (OSError, ModelLoadError):
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with glmv_serve(tiny_model, tmp_path, "--api-key", "K", "--no-cache") as (url, _):
+        yield f"{url}/v1"
 
 
 @pytest.mark.slow
-def test_extract_through_glmv_serve_equals_the_local_backend(glmv_serve, tiny_model, tmp_path):
+def test_extract_through_glmv_serve_equals_the_local_backend(served, tiny_model, tmp_path):
     from tests.conftest import needs_corpus
 
     invoices = needs_corpus() / "invoices"
@@ -484,9 +453,7 @@ def test_extract_through_glmv_serve_equals_the_local_backend(glmv_serve, tiny_mo
     args = ["extract", str(invoices), "--schema", "invoice", "--glob", "az_*", "--exclude", "*.json"]
     args += ["--max-pages", "1", "--max-tokens", "128", "--no-cache"]
     local, _ = glmv(tmp_path, *args, "--model", str(tiny_model), timeout=300)
-    remote, heavy = glmv(
-        tmp_path, *args, "--backend", "openai", "--base-url", glmv_serve, "--api-key", "K", timeout=300
-    )
+    remote, heavy = glmv(tmp_path, *args, "--backend", "openai", "--base-url", served, "--api-key", "K", timeout=300)
     assert local.returncode in (0, 3) and remote.returncode == local.returncode, remote.stderr[-2000:]
 
     def essence(out: str) -> list[tuple]:

@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +28,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from glmv_cli.engine.base import Backend, Generation, Request
 from glmv_cli.serve.auth import KeyRing, RateLimiter, key_id, read_keys
 from glmv_cli.serve.batcher import Batcher, StreamCancelled
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, glmv_serve
+
+# One worker runs this module under pytest-xdist (make test: --dist loadgroup): one server for all of
+# it, and the log test sees the statuses the other tests caused.
+pytestmark = pytest.mark.xdist_group("glmv-serve")
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
 KEY, BATCH_KEY, RATE_KEY, EXTRACT_KEY = "sk-test-main", "sk-test-batch", "sk-test-rate", "sk-test-extract"
+LOG_KEY = "sk-test-log"  # the log test's own key, so its 429 leaves the rate-limit test's budget alone
 RATE_LIMIT = 20  # per minute per key; the main key's tests stay under it
 
 
@@ -41,56 +46,19 @@ RATE_LIMIT = 20  # per minute per key; the main key's tests stay under it
 class Server:
     url: str
     log: Path
-    proc: subprocess.Popen
 
     def log_lines(self) -> list[dict]:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory) -> Server:
-    tmp = tmp_path_factory.mktemp("serve")
-    port = _free_port()
-    log = tmp / "stderr.log"
-    env = {**os.environ, "GLMV_CACHE_DIR": str(tmp / "cache"), "HF_HUB_OFFLINE": "1"}
-    env.pop("GLMV_MODEL", None)
-    env.pop("GLMV_API_KEYS", None)
-    cmd = [sys.executable, "-m", "glmv_cli", "serve", "-m", str(tiny_model), "--port", str(port)]
-    for key in (KEY, BATCH_KEY, RATE_KEY, EXTRACT_KEY):
-        cmd += ["--api-key", key]
-    cmd += ["--rate-limit", str(RATE_LIMIT)]
+def server(tiny_model, tmp_path_factory) -> Iterator[Server]:
+    args = [arg for key in (KEY, BATCH_KEY, RATE_KEY, EXTRACT_KEY, LOG_KEY) for arg in ("--api-key", key)]
+    args += ["--rate-limit", str(RATE_LIMIT)]
     # A long batch window, so requests sent together on a busy 2-core machine reliably share a batch.
-    cmd += ["--max-request-mb", "1", "--batch-wait-ms", "300", "--max-batch", "4", "--allow-http"]
-    with log.open("w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"glmv serve exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    assert json.load(response)["status"] == "ok"
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"glmv serve did not come up:\n{log.read_text()}")
-                time.sleep(0.2)
-        yield Server(url, log, proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    args += ["--max-request-mb", "1", "--batch-wait-ms", "300", "--max-batch", "4", "--allow-http"]
+    with glmv_serve(tiny_model, tmp_path_factory.mktemp("serve"), *args, timeout=90) as (url, log):
+        yield Server(url, log)
 
 
 def _client(server: Server, key: str = KEY):
@@ -268,9 +236,21 @@ def test_oversized_body_is_413(server, tiny_model):
     assert caught.value.body["code"] == "request_too_large"
 
 
-def test_log_lines_never_hold_keys_or_images(server):
+def test_log_lines_never_hold_keys_or_images(server, tiny_model):
+    # Its own requests of every status, so the test holds whichever tests ran before it, on this worker.
+    _client(server, LOG_KEY).models.list()  # 200
+    assert _get(server, "/v1/models", key=None)[0] == 401
+    big = "data:image/png;base64," + base64.b64encode(os.urandom(1_200_000)).decode()
+    with pytest.raises(openai.APIStatusError):  # 413
+        _client(server, LOG_KEY).chat.completions.create(model=tiny_model.name, messages=_user("big", big))
+    with pytest.raises(openai.BadRequestError):  # 400: an image that is not one
+        _client(server, LOG_KEY).chat.completions.create(
+            model=tiny_model.name, messages=_user("x", "data:image/png;base64,bm90IGFuIGltYWdl")
+        )
+    statuses = [_get(server, "/v1/models", LOG_KEY)[0] for _ in range(RATE_LIMIT + 1)]
+    assert 429 in statuses
     text = server.log.read_text()
-    assert KEY not in text and BATCH_KEY not in text and "base64" not in text
+    assert KEY not in text and BATCH_KEY not in text and LOG_KEY not in text and "base64" not in text
     lines = server.log_lines()
     assert {"time", "key", "path", "status", "latency_ms", "prompt_tokens", "completion_tokens", "cached"} <= set(
         lines[-1]
