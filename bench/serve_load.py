@@ -24,11 +24,8 @@ Every server runs in its own process group and is stopped (the whole group) in a
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -37,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import GLMV, MAX_NEW_TOKENS, ROUNDS, SCHEMA, TINY, WORK, bench_images, cli_env, emit, noise_images
-from bench.vllm_server import _die_with_parent, available, free_port
+from bench.vllm_server import ServerProcess, available, free_port
+from glmv_cli.outputs.stats import percentile
 
 REQUESTS = 32
 CLIENTS = 8
@@ -49,65 +47,17 @@ SERVED_NAME = "glmv-tiny"
 JSON = {"Content-Type": "application/json"}
 
 
-class GlmvServer:
-    """`glmv serve` on the tiny checkpoint in its own process group; stop() ends the whole group."""
+class GlmvServer(ServerProcess):
+    """`glmv serve` on the tiny checkpoint (cache off) in its own process group."""
+
+    name = "glmv serve"
+    grace = 20.0
 
     def __init__(self, port: int, log: Path, extra: list[str]):
-        self.base = f"http://127.0.0.1:{port}"
-        self.log = log
         cmd = [GLMV, "serve", "-m", str(TINY), "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
         cmd += ["--no-cache", "--served-model-name", SERVED_NAME, *extra]
         env = {**os.environ, **cli_env(HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")}
-        env = {k: v for k, v in env.items() if v != ""}
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - a no-op libc call, before exec
-        )
-
-    def wait_healthy(self, client: Any, timeout: float = HEALTH_TIMEOUT_S) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"glmv serve exited {self.proc.returncode}: {self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if client.get(f"{self.base}/health", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.5)
-        raise RuntimeError(f"glmv serve not healthy after {timeout:.0f} s: {self.log_tail()}")
-
-    def log_tail(self, lines: int = 3) -> str:
-        self._log.flush()
-        text = self.log.read_text(errors="replace").strip().splitlines()
-        return " | ".join(line.strip()[:200] for line in text[-lines:]) or "no output"
-
-    def stop(self) -> None:
-        """SIGTERM the process group, then SIGKILL whatever is left after 20 s."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=20)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        self._log.close()
-
-
-def percentile(values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile (p in 0-100)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+        super().__init__(cmd, port, log, {k: v for k, v in env.items() if v != ""})
 
 
 def _bodies() -> tuple[list[bytes], Any]:
@@ -191,7 +141,7 @@ def serve_part() -> dict[str, Any]:
             started = time.perf_counter()
             server = GlmvServer(free_port(), WORK / f"serve-load-{label.replace(' ', '')}.log", extra)
             try:
-                server.wait_healthy(client)
+                server.wait_healthy(HEALTH_TIMEOUT_S)
                 run["load_s"] = round(time.perf_counter() - started, 3)
                 t0 = time.perf_counter()
                 warm = client.post(f"{server.base}/v1/chat/completions", content=bodies[0], headers=JSON)

@@ -57,13 +57,70 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-class Server:
-    """`vllm serve CHECKPOINT` in its own process group; stop() ends the whole group."""
+class ServerProcess:
+    """An HTTP server command in its own process group, its output in `log`; stop() ends the whole group.
 
-    def __init__(self, checkpoint: Path, port: int, log: Path, served_name: str, max_model_len: int = 16384):
+    `name` is how errors call it; `grace` is how long stop() waits after SIGTERM before SIGKILL.
+    """
+
+    name = "server"
+    grace = 30.0
+
+    def __init__(self, cmd: list[str], port: int, log: Path, env: dict[str, str]):
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
         self.log = log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - a no-op libc call, before exec
+        )
+
+    def wait_healthy(self, timeout: float = HEALTH_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited {self.proc.returncode}: {self.log_tail()}")
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(f"{self.base}/health", timeout=2) as r,
+            ):
+                if r.status == 200:
+                    return
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name} not healthy after {timeout:.0f} s: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 3) -> str:
+        self._log.flush()
+        text = self.log.read_text(errors="replace").strip().splitlines()
+        return " | ".join(line.strip()[:200] for line in text[-lines:]) or "no output"
+
+    def stop(self) -> None:
+        """SIGTERM the process group, then SIGKILL whatever is left after `grace` seconds."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=self.grace)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # e.g. engine workers that outlived the API server
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        self._log.close()
+
+
+class Server(ServerProcess):
+    """`vllm serve CHECKPOINT` on 127.0.0.1 with the CPU environment above."""
+
+    name = "vllm serve"
+
+    def __init__(self, checkpoint: Path, port: int, log: Path, served_name: str, max_model_len: int = 16384):
         config = json.dumps({"backend": STRUCTURED_BACKEND, "disable_any_whitespace": True})
         cmd = [
             str(VLLM),
@@ -82,46 +139,4 @@ class Server:
             "--structured-outputs-config",
             config,
         ]
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=server_env(),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - a no-op libc call, before exec
-        )
-
-    def wait_healthy(self, timeout: float = HEALTH_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited {self.proc.returncode}: {self.log_tail()}")
-            with (
-                contextlib.suppress(OSError, urllib.error.URLError),
-                urllib.request.urlopen(f"{self.base}/health", timeout=2) as r,
-            ):
-                if r.status == 200:
-                    return
-            time.sleep(1)
-        raise RuntimeError(f"vllm serve not healthy after {timeout:.0f} s: {self.log_tail()}")
-
-    def log_tail(self, lines: int = 3) -> str:
-        self._log.flush()
-        text = self.log.read_text(errors="replace").strip().splitlines()
-        return " | ".join(line.strip()[:200] for line in text[-lines:]) or "no output"
-
-    def stop(self) -> None:
-        """SIGTERM the process group, then SIGKILL whatever is left after 30 s."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # engine workers that outlived the API server
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        self._log.close()
+        super().__init__(cmd, port, log, server_env())
