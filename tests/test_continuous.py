@@ -139,6 +139,34 @@ def test_the_token_budget_caps_rows(backend, forward_rows, monkeypatch):
     assert len(gens) == 4 and max(forward_rows) == 2
 
 
+def test_long_prompts_prefill_apart_and_decode_together(backend, monkeypatch, no_failures):
+    """The prefill limit (rows x longest prompt) splits prefills, not decoding: answers stay the same."""
+    shapes: list[tuple[int, int]] = []
+    handle = backend.loaded.model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    reqs = [r.model_copy(update={"tag": i}) for i, r in enumerate(mixed_requests())]
+    prompts = [backend.estimate_tokens(r) - r.settings.max_new_tokens for r in reqs]
+    try:
+        alone = [backend.generate([r])[0] for r in reqs]
+        monkeypatch.setattr(backend, "prefill_tokens", max(prompts))  # room for one long prompt at a time
+        shapes.clear()
+        streamed = {g.tag: g for g in backend.generate_stream(reqs, max_rows=len(reqs))}
+        prefills = [rows for rows, length in shapes if length > 1]
+        steps = [rows for rows, length in shapes if length == 1]
+        monkeypatch.setattr(backend, "prefill_tokens", None)
+        shapes.clear()
+        list(backend.generate_stream(reqs, max_rows=len(reqs)))
+        unlimited = [rows for rows, length in shapes if length > 1]
+    finally:
+        handle.remove()
+    for i, gen in streamed.items():
+        assert_same(gen, alone[i])
+    assert unlimited == [len(reqs)]  # without a limit: one prefill of every row
+    assert len(prefills) > 1 and sum(prefills) == len(reqs)
+    assert steps[0] == len(reqs)  # every row prefilled before the first step, which runs them all
+
+
 def test_seeded_sampling_is_the_same_in_any_batch(backend):
     settings = GenerationSettings(max_new_tokens=16, temperature=0.9, top_p=0.9, seed=7)
     reqs = [Request(prompt=f"Sample {i}", settings=settings) for i in range(3)]

@@ -196,6 +196,11 @@ class Batcher:
     on_out_of_memory: Callable[[], None]
     is_out_of_memory: Callable[[BaseException], bool]
     describe: Callable[[BaseException], str] = str
+    # Prompt tokens one prefill may take (rows x its longest prompt); None: no limit. Prefill costs
+    # memory that grows with rows x length squared (the attention scores, the padding mask), unlike
+    # decoding, so long prompts prefill alone and join the running rows for decoding.
+    prefill_tokens: int | None = None
+    prompt_tokens: Callable[[Any], int] | None = None  # a work's prompt tokens (default: `estimate`)
     waiting: deque[_Waiting] = field(default_factory=deque)
     batch: KVBatch | None = None
     _processor: StepProcessor | None = None
@@ -240,6 +245,8 @@ class Batcher:
             return []
         group: list[_Waiting] = []
         longest = max((r.tokens for r in running), default=0)
+        longest_prompt = 0
+        prompt_tokens = self.prompt_tokens or self.estimate
         cap = budget = None
         while True:
             item = self._next(source)
@@ -250,12 +257,19 @@ class Batcher:
                 budget = self.budget()
             taken = len(running) + len(group)
             tokens = self.estimate(item.work)
+            prompt = prompt_tokens(item.work)
             fits = budget is None or (taken + 1) * max(longest, tokens) <= budget
+            prefill_fits = (
+                self.prefill_tokens is None or (len(group) + 1) * max(longest_prompt, prompt) <= self.prefill_tokens
+            )
+            if group and not prefill_fits:  # prefilled next, with the rows this group joins
+                self.waiting.appendleft(item)
+                return group
             if taken and (taken >= cap or not fits or item.alone or (item.single and group)):
                 self.waiting.appendleft(item)
                 return group
             group.append(item)
-            longest = max(longest, tokens)
+            longest, longest_prompt = max(longest, tokens), max(longest_prompt, prompt)
             if item.single or item.alone:
                 return group
 

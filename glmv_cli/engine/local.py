@@ -24,6 +24,10 @@ from glmv_cli.engine.text import THINK_CLOSE, AnswerFilter, split_thinking
 _MODELS: dict[tuple, LoadedModel] = {}
 CPU_TOKEN_BUDGET = 8 * 8192  # no device memory to size by on CPU: eight rows of 8k tokens
 GPU_MEMORY_SHARE = 0.6  # of the memory free once the weights are in, for the KV cache and activations
+# Prompt tokens per prefill (rows x longest prompt), vLLM's default batched-token limit too: short
+# prompts still prefill many rows at once; one A4 page at 150 dpi (about 2,800 visual tokens) prefills
+# beside one other, an 8-page document alone; each then joins the running rows for decoding.
+PREFILL_TOKENS = 8192
 _MODELS_LOCK = threading.Lock()
 
 
@@ -85,6 +89,7 @@ class LocalBackend(Backend):
         self._loaded: LoadedModel | None = None
         self._budget: int | None = None
         self._budget_scale = 1.0  # halved by every out-of-memory error
+        self.prefill_tokens: int | None = PREFILL_TOKENS
 
     # -- loading -------------------------------------------------------------------------------
     @property
@@ -199,6 +204,8 @@ class LocalBackend(Backend):
             steps=lambda: StepProcessor([], self.loaded.vocab_size, set(self.loaded.eos_ids), closer=self.closer),
             start=lambda group: self._run([w.request for w in group], group),
             estimate=lambda w: self.estimate_tokens(w.request),
+            prompt_tokens=lambda w: self.estimate_tokens(w.request) - w.request.settings.max_new_tokens,
+            prefill_tokens=self.prefill_tokens,
             max_rows=max_rows,
             budget=budget or self.token_budget,
             on_out_of_memory=self._out_of_memory,
