@@ -226,11 +226,17 @@ def test_tiny_checkpoint_takes_the_real_text_limits(backend):
 
 
 def test_tiny_variant_with_real_image_limits(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
     from glmv_cli.engine.loader import load_processor
     from glmv_cli.engine.tiny import build_tiny
 
     real = build_tiny(tmp_path / "real", real_image_limits=True)
-    assert (real / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
+    # The same language model; a narrower vision tower (its cost grows with the square of a page's patches).
+    test_weights, real_weights = load_file(tiny_model / "model.safetensors"), load_file(real / "model.safetensors")
+    text = {k for k in test_weights if ".visual." not in k}
+    assert text and all(test_weights[k].equal(real_weights[k]) for k in text)
+    assert real_weights.keys() - text == {k for k in real_weights if ".visual." in k}
 
     def visual_tokens(folder, height, width):
         image_processor = load_processor(str(folder), None)[0].image_processor

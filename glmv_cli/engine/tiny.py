@@ -8,7 +8,7 @@ It keeps the real model's scale where scale changes behaviour: 131,072 positions
 attention head size of 64 (vLLM's CPU attention rejects 16), so the same checkpoint also serves
 in vLLM. Only the image cap is small by default, so tests stay fast; the `real_image_limits`
 variant takes the real processor's cap (thousands of visual tokens per page) for memory and
-throughput benchmarks, with the same weights.
+throughput benchmarks, with the same language model and a one-layer vision tower.
 
     python -m glmv_cli.engine.tiny build/tiny-glm4v
     python -m glmv_cli.engine.tiny build/tiny-glm4v-real --real-image-limits
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 # The real text limit (GLM-4.6V-Flash's 128K context): a smaller one silently lets a
 # many-page document run past what the model allows.
@@ -28,6 +29,12 @@ HEAD_DIM = 64
 # Visual tokens per image are capped by `longest_edge` (pixels x 2 frames for a still image).
 TEST_LONGEST_EDGE = 28 * 28 * 2 * 256  # at most 256 visual tokens: CPU tests stay fast
 REAL_LONGEST_EDGE = 28 * 28 * 15000  # transformers' Glm46VImageProcessor default: up to 7,500 tokens
+# The real-limits variant's vision tower: one narrow layer. Its attention runs over every patch of a
+# page (about 11,000 at 150 dpi), so the test tower (2 layers of 64) spends 1.3 s of CPU per page and
+# a 1,000-page memory benchmark half an hour; pixel values, visual tokens and text lengths stay real.
+# (Its 16-wide layers are below what bitsandbytes accepts on CPU: load it unquantised.)
+REAL_SCALE_VISION = {"depth": 1, "hidden_size": 16, "num_heads": 1}
+TEST_VISION = {"depth": 2, "hidden_size": 64, "num_heads": 4}
 SHORTEST_EDGE = 112 * 112
 
 # GLM-4 special tokens, in the real tokenizer's order (ids there start at 151329).
@@ -247,24 +254,13 @@ def _build_tokenizer(out: Path) -> int:
     return len(fast)
 
 
-def build_tiny(out: str | Path, *, real_image_limits: bool = False) -> Path:
-    """Write the tiny checkpoint to `out` (overwriting) and return the folder.
-
-    real_image_limits: the stock processor's image cap instead of the test cap (same weights).
-    """
-    import torch
-    from transformers import AutoTokenizer, GenerationConfig, Glm4vConfig, Glm4vForConditionalGeneration
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    n_tokens = _build_tokenizer(out)
-    tok = AutoTokenizer.from_pretrained(out)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    vocab = (n_tokens // 64 + 2) * 64  # padded above the tokenizer, as the real 151,552 is
+def _config(ids: dict[str, int], vocab: int, vision: dict[str, int]) -> Any:
+    """The checkpoint's Glm4vConfig: GLM-4.6V's layout at a tiny width, with the given vision tower size."""
+    from transformers import Glm4vConfig
 
     hidden = 64  # every Linear has in_features >= 64 (bitsandbytes on CPU needs it)
     heads = hidden // HEAD_DIM
-    config = Glm4vConfig(
+    return Glm4vConfig(
         text_config={
             "vocab_size": vocab,
             "hidden_size": hidden,
@@ -284,10 +280,8 @@ def build_tiny(out: str | Path, *, real_image_limits: bool = False) -> Path:
             "eos_token_id": [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]],
         },
         vision_config={
-            "depth": 2,
-            "hidden_size": hidden,
+            **vision,
             "intermediate_size": 128,
-            "num_heads": 4,
             "out_hidden_size": hidden,
             "patch_size": 14,
             "spatial_merge_size": 2,
@@ -302,8 +296,31 @@ def build_tiny(out: str | Path, *, real_image_limits: bool = False) -> Path:
         video_start_token_id=ids["<|begin_of_video|>"],
         video_end_token_id=ids["<|end_of_video|>"],
     )
+
+
+def build_tiny(out: str | Path, *, real_image_limits: bool = False) -> Path:
+    """Write the tiny checkpoint to `out` (overwriting) and return the folder.
+
+    real_image_limits: the stock processor's image cap instead of the test cap, and the narrow vision
+    tower (REAL_SCALE_VISION) beside the same language model weights.
+    """
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, Glm4vForConditionalGeneration
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n_tokens = _build_tokenizer(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    vocab = (n_tokens // 64 + 2) * 64  # padded above the tokenizer, as the real 151,552 is
+
     torch.manual_seed(0)
-    model = Glm4vForConditionalGeneration(config).eval()
+    model = Glm4vForConditionalGeneration(_config(ids, vocab, TEST_VISION)).eval()
+    if real_image_limits:  # the same language model beside the narrower vision tower
+        text = {k: v for k, v in model.state_dict().items() if ".visual." not in k}
+        model = Glm4vForConditionalGeneration(_config(ids, vocab, REAL_SCALE_VISION)).eval()
+        missing, unexpected = model.load_state_dict(text, strict=False)
+        assert not unexpected and all(".visual." in k for k in missing)
     model.generation_config = GenerationConfig(
         eos_token_id=[ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]],
         pad_token_id=ids["<|endoftext|>"],
@@ -340,7 +357,11 @@ def build_tiny(out: str | Path, *, real_image_limits: bool = False) -> Path:
     (out / "README.md").write_text(
         "Tiny random-weight GLM-4.6V-architecture checkpoint built by `python -m glmv_cli.engine.tiny`.\n"
         "For tests only: its outputs are meaningless.\n"
-        + ("Image limits: the real processor's (up to 7,500 visual tokens per image).\n" if real_image_limits else "")
+        + (
+            "Image limits: the real processor's (up to 7,500 visual tokens per image); one narrow vision layer.\n"
+            if real_image_limits
+            else ""
+        )
     )
     return out
 
