@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from glmv_cli.schema_walk import SchemaWalkError, alternatives_within
+
 
 def closing_step(max_new_tokens: int, reserve: int) -> int:
     """The step after which a constrained answer is steered to close.
@@ -93,30 +95,29 @@ class Closer:
         return in_string, escaped
 
 
-def minimal_instance(node: Any, root: dict[str, Any]) -> Any:
-    """The shortest value a JSON Schema admits, roughly: null where allowed, empty otherwise."""
+def minimal_instance(node: Any, root: dict[str, Any], _path: frozenset[str] = frozenset()) -> Any:
+    """The shortest value a JSON Schema admits, roughly: null where allowed, empty otherwise.
+
+    A $ref back into a definition being built (a recursive schema) counts as null, so the estimate ends.
+    """
     if not isinstance(node, dict):
         return None
-    if "$ref" in node:
-        name = node["$ref"].split("/")[-1]
-        return minimal_instance(root.get("$defs", {}).get(name, {}), root)
-    options = node.get("anyOf") or node.get("oneOf")
-    if options:
-        if any(isinstance(o, dict) and o.get("type") == "null" for o in options):
-            return None
-        return minimal_instance(options[0], root)
+    try:
+        found, nullable = alternatives_within(root, node, _path)
+    except SchemaWalkError:
+        return None
+    if nullable or not found:
+        return None
+    node, path = found[0]
     if "enum" in node:
         return node["enum"][0]
     kind = node.get("type")
-    if isinstance(kind, list):
-        if "null" in kind:
-            return None
-        kind = kind[0]
     if kind == "object":
         props = node.get("properties", {})
-        return {k: minimal_instance(v, root) for k, v in props.items() if k in node.get("required", props)}
+        required = node.get("required", props)
+        return {k: minimal_instance(v, root, path) for k, v in props.items() if k in required}
     if kind == "array":
-        return [minimal_instance(node.get("items", {}), root)] * int(node.get("minItems", 0))
+        return [minimal_instance(node.get("items", {}), root, path)] * int(node.get("minItems", 0))
     if kind == "string":
         return "x" * int(node.get("minLength", 0))
     if kind in ("number", "integer"):

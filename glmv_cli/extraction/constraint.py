@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from glmv_cli.schema_walk import DEFS, subschemas
+
 
 def constraint_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """Every property required (null allowed where the model allows it), nothing extra.
@@ -15,16 +17,13 @@ def constraint_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """
     out = copy.deepcopy(schema)
     _tighten(out)
-    for definition in out.get("$defs", {}).values():
-        _tighten(definition)
+    for key in DEFS:
+        for definition in out.get(key, {}).values():
+            _tighten(definition)
     return out
 
 
 def _tighten(node: Any) -> None:
-    if isinstance(node, list):
-        for item in node:
-            _tighten(item)
-        return
     if not isinstance(node, dict):
         return
     props = node.get("properties")
@@ -33,10 +32,5 @@ def _tighten(node: Any) -> None:
         node.setdefault("additionalProperties", False)
         for value in props.values():
             value.pop("default", None)
-    for key in ("properties", "items", "anyOf", "oneOf", "allOf", "prefixItems"):
-        child = node.get(key)
-        if isinstance(child, dict) and key == "properties":
-            for value in child.values():
-                _tighten(value)
-        elif child is not None:
-            _tighten(child)
+    for child in subschemas(node):
+        _tighten(child)

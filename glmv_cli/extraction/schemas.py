@@ -17,7 +17,7 @@ from pydantic_core import SchemaError
 
 import glmv_cli
 from glmv_cli.errors import UsageError
-from glmv_cli.schema_walk import non_null, resolve_ref
+from glmv_cli.schema_walk import SchemaWalkError, alternatives, non_null, ref_cycle, resolve_ref, walk_properties
 
 FORMS_HINT = (
     "use a built-in name ({names}), ./schemas/NAME.py, file.py, file.py:Model, "
@@ -56,9 +56,10 @@ class ResolvedSchema:
     def fields(self) -> list[tuple[str, str, str]]:
         """(dotted name, type text, description) for every field, nested ones after their parent."""
         schema = self.json_schema()  # a recursive model's schema is a bare $ref into $defs
-        out: list[tuple[str, str, str]] = []
-        _walk_fields(schema, resolve_ref(schema, schema), "", out, _direct_refs(schema))
-        return out
+        return [
+            (name, _type_text(schema, target), sub.get("description") or target.get("description") or "")
+            for name, sub, target, _ in walk_properties(schema, schema, into_lists=True)
+        ]
 
     def describe(self) -> str:
         """Where the schema came from, for a stderr line: 'invoice (built-in)', 'x (./schemas/x.py)'."""
@@ -352,42 +353,6 @@ def model_from_json_schema(path: Path) -> type[BaseModel]:
         raise builder.fail(_one_line(exc)) from exc
 
 
-def ref_cycle(schema: dict[str, Any]) -> list[str] | None:
-    """A chain of local $refs that leads back into itself (['#/$defs/Node', '#/$defs/Node']), or None."""
-    explored: set[str] = set()
-
-    def visit(node: Any, chain: list[str]) -> list[str] | None:
-        children = node if isinstance(node, list) else []
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#") and ref not in explored:
-                if ref in chain:
-                    return chain[chain.index(ref) :] + [ref]
-                found = visit(json_pointer(schema, ref), [*chain, ref])
-                if found:
-                    return found
-                explored.add(ref)
-            # $defs are visited through the $refs that use them; unused ones never reach a grammar
-            children = [v for k, v in node.items() if k not in ("$defs", "definitions")]
-        return next((found for child in children if (found := visit(child, chain))), None)
-
-    return visit(schema, ["#"])
-
-
-def json_pointer(root: Any, ref: str) -> Any:
-    """The node a local $ref ('#/$defs/Node') points at, or None."""
-    node, path = root, ref.removeprefix("#").removeprefix("/")
-    for part in path.split("/") if path else []:
-        part = part.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, dict):
-            node = node.get(part)
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return None
-    return node
-
-
 def recursive_error(name: str, cycle: list[str]) -> UsageError:
     """The usage error for a schema whose answers could nest without end."""
     return UsageError(
@@ -414,33 +379,21 @@ class _JsonSchemaModels:
         """(node with $refs resolved and one non-null type, whether null is allowed)."""
         if not isinstance(node, dict):
             raise self.fail(f"node {node!r}")
-        for _ in range(32):
-            ref = node.get("$ref")
-            if ref is None:
-                break
-            target = json_pointer(self.root, ref) if isinstance(ref, str) and ref.startswith("#") else None
-            if not isinstance(target, dict):
-                raise self.fail(f"$ref {ref!r} not found (only local '#/...' references are read)")
-            node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-        for key in ("anyOf", "oneOf"):
-            if key in node:
-                outer = {k: v for k, v in node.items() if k not in ("anyOf", "oneOf")}
-                options = [self.flatten(o)[0] for o in node[key]]
-                rest = [o for o in options if o.get("type") != "null"]
-                if len(rest) != 1:
-                    raise self.fail(f"{key} with several non-null types")
-                inner, inner_null = self.flatten({**outer, **rest[0]})
-                return inner, inner_null or len(rest) < len(options)
-        kinds = node.get("type", "string")
-        kinds = [kinds] if isinstance(kinds, str) else list(kinds)
-        rest = [k for k in kinds if k != "null"]
-        if not rest:
+        try:
+            node = resolve_ref(self.root, node, strict=True)
+            found, nullable = alternatives(self.root, node, strict=True)
+        except SchemaWalkError as exc:
+            raise self.fail(str(exc)) from exc
+        key = next((k for k in ("anyOf", "oneOf") if k in node), None)
+        if key and len(found) != 1:
+            raise self.fail(f"{key} with several non-null types")
+        if not found:
             return {**node, "type": "null"}, True
-        if len(rest) != 1:
+        if len(found) != 1:
             raise self.fail(f"type {node.get('type')!r}")
-        enum = node.get("enum")
-        nullable = "null" in kinds or (isinstance(enum, list) and None in enum)
-        return {**node, "type": rest[0]}, nullable
+        flat = {**found[0], "type": found[0].get("type", "string")}
+        enum = flat.get("enum")
+        return flat, nullable or (isinstance(enum, list) and None in enum)
 
     def model(self, node: dict[str, Any], name: str) -> type[BaseModel]:
         required = set(node.get("required", []))
@@ -482,34 +435,6 @@ class _JsonSchemaModels:
 
 
 # --- fields() ------------------------------------------------------------------------------
-
-
-def _walk_fields(
-    root: dict[str, Any],
-    node: dict[str, Any],
-    prefix: str,
-    out: list[tuple[str, str, str]],
-    seen: frozenset[str] = frozenset(),
-) -> None:
-    for key, sub in node.get("properties", {}).items():
-        name = f"{prefix}{key}"
-        target = non_null(root, sub)
-        out.append((name, _type_text(root, target), sub.get("description") or target.get("description") or ""))
-        if target.get("type") == "array":
-            target = non_null(root, target.get("items", {}))
-        refs = _direct_refs(sub)
-        if "properties" in target and not refs & seen:  # a recursive model is listed once
-            _walk_fields(root, target, f"{name}.", out, seen | refs)
-
-
-def _direct_refs(node: Any) -> frozenset[str]:
-    """$refs a property points at directly, through anyOf/oneOf or its list items."""
-    if not isinstance(node, dict):
-        return frozenset()
-    refs = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
-    for child in [*node.get("anyOf", []), *node.get("oneOf", []), node.get("items")]:
-        refs |= _direct_refs(child)
-    return frozenset(refs)
 
 
 def _type_text(root: dict[str, Any], node: dict[str, Any]) -> str:
