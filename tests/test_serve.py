@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +49,13 @@ class Server:
 
     def log_lines(self) -> list[dict]:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
+
+    def log_until(self, done: Callable[[list[dict]], bool], timeout: float = 10) -> list[dict]:
+        """The log once `done` holds: a request's line is written after its response has gone out."""
+        deadline = time.monotonic() + timeout
+        while not done(lines := self.log_lines()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return lines
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +161,13 @@ def test_identical_greedy_request_is_cached(server, tiny_model):
             model=tiny_model.name, messages=_user("Cache me.", _png((30, 30))), max_tokens=5, temperature=0
         )
 
+    def answered(lines: list[dict]) -> list[dict]:
+        return [line for line in lines if line["path"] == "/v1/chat/completions" and line["status"] == 200]
+
+    before = len(answered(server.log_lines()))
     first, second = ask(), ask()
     assert first.choices[0].message.content == second.choices[0].message.content
-    asked = [line for line in server.log_lines() if line["path"] == "/v1/chat/completions" and line["status"] == 200]
+    asked = answered(server.log_until(lambda lines: len(answered(lines)) >= before + 2))
     assert asked[-1]["cached"] is True and asked[-2]["cached"] is False
     assert asked[-1]["completion_tokens"] == second.usage.completion_tokens
 
@@ -176,7 +187,10 @@ def test_concurrent_requests_share_a_batch(server, tiny_model):
     # Continuous batching: "batches" counts answers by the most rows decoding beside them.
     assert status == 200 and metrics["continuous"] and metrics["peak_rows"] > 1, metrics
     assert max(int(size) for size in metrics["batches"]) > 1, metrics
-    batched = [line for line in server.log_lines() if line.get("key") == key_id(BATCH_KEY) and line.get("batch")]
+    def answered(lines: list[dict]) -> list[dict]:
+        return [line for line in lines if line.get("key") == key_id(BATCH_KEY) and line.get("batch")]
+
+    batched = answered(server.log_until(lambda lines: len(answered(lines)) >= 4))
     assert max(line["batch"] for line in batched) > 1
 
 
@@ -249,6 +263,7 @@ def test_log_lines_never_hold_keys_or_images(server, tiny_model):
         )
     statuses = [_get(server, "/v1/models", LOG_KEY)[0] for _ in range(RATE_LIMIT + 1)]
     assert 429 in statuses
+    server.log_until(lambda lines: {line["status"] for line in lines} >= {200, 400, 401, 413, 429})
     text = server.log.read_text()
     assert KEY not in text and BATCH_KEY not in text and LOG_KEY not in text and "base64" not in text
     lines = server.log_lines()
