@@ -14,7 +14,7 @@ from typing import Any
 import llguidance
 import numpy as np
 import torch
-from llguidance.torch import allocate_token_bitmask, fill_next_token_bitmask_par
+from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask_par
 from transformers import LogitsProcessor
 
 from glmv_cli.engine.closing import Closer
@@ -102,7 +102,16 @@ class StepProcessor(LogitsProcessor):
         self.closer = closer
         close_after = close_after or [None] * len(matchers)
         self.rows = [RowSteps(m, c, logprobs) for m, c in zip(matchers, close_after, strict=True)]
-        self.bitmask = allocate_token_bitmask(max(1, len(matchers)), vocab_size)
+        self._allocate(max(1, len(matchers)))
+
+    def _allocate(self, rows: int) -> None:
+        """llguidance's numpy bitmask and a torch view of the same memory.
+
+        Not llguidance.torch: importing it imports torch's compiler stack (its
+        apply_token_bitmask_inplace is torch.compile'd), about 2 s of every glmv process.
+        """
+        self.words = allocate_token_bitmask(rows, self.vocab_size)
+        self.bitmask = torch.from_numpy(self.words)
 
     def __call__(self, input_ids: torch.LongTensor | None, scores: torch.FloatTensor) -> torch.FloatTensor:
         """One step: `generate` hands the tokens chosen at the previous step (the decode loop consumes its own)."""
@@ -124,7 +133,7 @@ class StepProcessor(LogitsProcessor):
         if not constrained:
             return scores
         if self.bitmask.shape[0] < len(rows):
-            self.bitmask = allocate_token_bitmask(len(rows), self.vocab_size)
+            self._allocate(len(rows))
         self._fill_masks(constrained, parallel=scores.device.type != "cpu")
         every_row = len(constrained) == scores.shape[0]
         index = None if every_row else torch.tensor(constrained, device=scores.device)
@@ -153,13 +162,13 @@ class StepProcessor(LogitsProcessor):
         # On CPU torch's own threads already use every core: a parallel fill only adds contention
         # (measured at batch 8 on 2 cores: 335 us a step in parallel, 170-190 us one row at a time).
         if parallel and len(healthy) > 1:  # llguidance fills the rows in parallel, off the GIL
-            fill_next_token_bitmask_par(_executor(), [(self.rows[i].matcher, i) for i in healthy], self.bitmask)
-        else:  # the raw call: llguidance.torch.fill_next_token_bitmask's checks add ~3 us a row
+            fill_next_token_bitmask_par(_executor(), [(self.rows[i].matcher, i) for i in healthy], self.words)
+        else:  # the raw call: llguidance's fill_next_token_bitmask checks add ~3 us a row
             for i in healthy:
-                self.rows[i].matcher.unsafe_compute_mask_ptr(self.bitmask[i].data_ptr(), self.bitmask.shape[1] * 4)
+                self.rows[i].matcher.unsafe_compute_mask_ptr(self.words[i].ctypes.data, self.words.shape[1] * 4)
 
     def _allow_only_eos(self, i: int) -> None:
-        words = self.bitmask[i].numpy().view(np.uint32)  # unsigned: bit 31 is a bit like any other
+        words = self.words[i].view(np.uint32)  # unsigned: bit 31 is a bit like any other
         words[:] = 0
         for token in self.eos_ids:
             words[token // 32] |= 1 << (token % 32)
