@@ -1,7 +1,5 @@
 """The `glmv` command: the only place that imports typer and rich."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer
@@ -11,6 +9,7 @@ from glmv_cli.cli import ask as ask_cmd
 from glmv_cli.cli import cache as cache_cmd
 from glmv_cli.cli import eval as eval_cmd
 from glmv_cli.cli import extract as extract_cmd
+from glmv_cli.cli import light_help
 from glmv_cli.cli import schemas as schemas_cmd
 from glmv_cli.cli import serve as serve_cmd
 
@@ -73,4 +72,5 @@ app.add_typer(cache_cmd.app, name="cache")
 
 
 def main() -> None:
+    light_help.install()  # --help without markdown-it and pygments (glmv_cli/cli/light_help.py)
     app()

@@ -1,8 +1,5 @@
 """`glmv ask FILE... QUESTION`: a streamed answer about images or PDF pages."""
 
-from __future__ import annotations
-
-import json
 import sys
 import time
 from typing import Annotated
@@ -132,6 +129,8 @@ def ask(
         "tokens_per_s": _round(gen.tokens_per_s),
     }
     if as_json:
+        import json
+
         payload = {
             "answer": gen.text,
             "files": files,

@@ -1,8 +1,5 @@
 """`glmv cache info|clear`: the content-addressed result store."""
 
-from __future__ import annotations
-
-import json
 import sys
 from typing import Annotated
 
@@ -23,6 +20,8 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     data = cache.info()
     cache.close()
     if as_json:
+        import json
+
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     lines = [

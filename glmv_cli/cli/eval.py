@@ -1,8 +1,5 @@
 """`glmv eval`: score extraction records against ground truth."""
 
-from __future__ import annotations
-
-import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -28,6 +25,8 @@ def eval_(
     format_: Annotated[EvalFormat, typer.Option("--format", help="text (a table) or json.")] = EvalFormat.text,
 ) -> None:
     """Per-field precision, recall and F1 of extraction records against ground truth."""
+    import json
+
     from glmv_cli.evaluation import evaluate
 
     report = evaluate(predictions, truth, map_)

@@ -1,9 +1,6 @@
 """`glmv extract PATH... --schema NAME`: one validated record per document."""
 
-from __future__ import annotations
-
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -238,6 +235,8 @@ def extract(
     if not quiet:
         print_stats(console, summary)
     if stats_json is not None:
+        import json
+
         try:
             stats_json.write_text(json.dumps(summary, indent=2) + "\n")
         except OSError as exc:
@@ -249,7 +248,7 @@ def extract(
         raise typer.Exit(int(ExitStatus.PARTIAL))
 
 
-def _write_one(write: Callable[[Record], Any], record: Record, fatal: tuple[type[Exception], ...]) -> Record:
+def _write_one(write: Callable[["Record"], Any], record: "Record", fatal: tuple[type[Exception], ...]) -> "Record":
     """Write a record; one that cannot be written becomes a failed record, written in its place.
 
     `fatal` errors mean the output itself is broken (disk full, closed pipe): they end the run.

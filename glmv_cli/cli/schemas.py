@@ -1,8 +1,5 @@
 """`glmv schemas`: list the schemas --schema can name, or print one as JSON Schema."""
 
-from __future__ import annotations
-
-import json
 import sys
 from typing import Annotated
 
@@ -54,4 +51,6 @@ def show(
         for field, type_text, desc in schema.fields():
             sys.stdout.write(f"{field}\t{type_text}\t{desc}\n")
         return
+    import json
+
     sys.stdout.write(json.dumps(schema.json_schema(), indent=2, ensure_ascii=False) + "\n")

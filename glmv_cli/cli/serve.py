@@ -1,7 +1,5 @@
 """`glmv serve`: an OpenAI-compatible chat-completions server over the local model."""
 
-from __future__ import annotations
-
 import os
 import sys
 import time
