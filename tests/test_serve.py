@@ -187,6 +187,7 @@ def test_concurrent_requests_share_a_batch(server, tiny_model):
     # Continuous batching: "batches" counts answers by the most rows decoding beside them.
     assert status == 200 and metrics["continuous"] and metrics["peak_rows"] > 1, metrics
     assert max(int(size) for size in metrics["batches"]) > 1, metrics
+
     def answered(lines: list[dict]) -> list[dict]:
         return [line for line in lines if line.get("key") == key_id(BATCH_KEY) and line.get("batch")]
 
