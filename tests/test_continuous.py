@@ -141,10 +141,13 @@ def test_the_token_budget_caps_rows(backend, forward_rows, monkeypatch):
 
 def test_long_prompts_prefill_apart_and_decode_together(backend, monkeypatch, no_failures):
     """The prefill limit (rows x longest prompt) splits prefills, not decoding: answers stay the same."""
-    shapes: list[tuple[int, int]] = []
-    handle = backend.loaded.model.register_forward_pre_hook(
-        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
-    )
+    shapes: list[tuple[int, int]] = []  # (rows, 1) of a decode step, (rows, prompt length) of a prefill
+
+    def hook(module, args, kwargs):
+        prefill = kwargs["cache"].get_seq_length() == 0
+        shapes.append((kwargs["input_ids"].shape[0], kwargs["input_ids"].shape[1] if prefill else 1))
+
+    handle = backend.loaded.model.register_forward_pre_hook(hook, with_kwargs=True)
     reqs = [r.model_copy(update={"tag": i}) for i, r in enumerate(mixed_requests())]
     prompts = [backend.estimate_tokens(r) - r.settings.max_new_tokens for r in reqs]
     try:
@@ -204,12 +207,12 @@ def test_a_failing_step_fails_only_its_row(backend, monkeypatch):
     """A decode step that fails sends its rows back to run alone; only the row that fails alone fails."""
     real = KVBatch.step
 
-    def step(self, model, tokens):
+    def step(self, model, runs, **kwargs):
         if any(r.work.request.prompt == "bad" for r in self.rows) and any(
             r.length > r.prompt_tokens for r in self.rows
         ):
             raise RuntimeError("kernel failed")
-        return real(self, model, tokens)
+        return real(self, model, runs, **kwargs)
 
     monkeypatch.setattr(KVBatch, "step", step)
     reqs = [Request(prompt=p, settings=GenerationSettings(max_new_tokens=6)) for p in ("good", "bad", "fine")]
@@ -223,10 +226,10 @@ def test_a_failing_step_fails_only_its_row(backend, monkeypatch):
 def test_out_of_memory_in_a_step_halves_rows_and_budget(backend, monkeypatch):
     real = KVBatch.step
 
-    def step(self, model, tokens):
+    def step(self, model, runs, **kwargs):
         if len(self.rows) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self, model, tokens)
+        return real(self, model, runs, **kwargs)
 
     monkeypatch.setattr(KVBatch, "step", step)
     monkeypatch.setattr(backend, "_budget_scale", 1.0)
@@ -263,3 +266,28 @@ def test_extraction_streams_documents_with_the_batch_paths_answers(tiny_model, t
     assert [r.file for r in records] == [str(p) for p in paths]  # input order, whatever the completion order
     _, batched = run(stream=False)
     assert [(r.status, r.data) for r in records] == [(r.status, r.data) for r in batched]
+
+
+def test_forced_tokens_ride_along_with_the_chosen_one(backend, monkeypatch, no_failures):
+    """Keys and punctuation the grammar forces are fed in the chosen token's forward: fewer forwards, same answers."""
+    widths: list[int] = []  # tokens per row of every decode step
+
+    def hook(module, args, kwargs):
+        if kwargs["cache"].get_seq_length() > 0:
+            widths.append(kwargs["input_ids"].shape[1])
+
+    reqs = [r.model_copy(update={"tag": i}) for i, r in enumerate(mixed_requests()) if r.json_schema is not None]
+    handle = backend.loaded.model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        fast = {g.tag: g for g in backend.generate_stream(reqs, max_rows=len(reqs))}
+        fast_widths, widths[:] = list(widths), []
+        monkeypatch.setattr(Batcher, "_fast_forward", lambda self, processor, row: [])
+        slow = {g.tag: g for g in backend.generate_stream(reqs, max_rows=len(reqs))}
+    finally:
+        handle.remove()
+    assert max(fast_widths) > 1 and len(fast_widths) < len(widths)
+    for tag, gen in fast.items():
+        # The same text, token for token, with a log-prob for every token (forced ones from the wide step).
+        assert gen.text == slow[tag].text and gen.token_ids == slow[tag].token_ids
+        assert len(gen.token_logprobs) == len(gen.token_ids) and gen.output_tokens == slow[tag].output_tokens
+        assert gen.token_logprobs == pytest.approx(slow[tag].token_logprobs, abs=1e-4)

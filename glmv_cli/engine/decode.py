@@ -4,7 +4,12 @@
 the step it stops (its cache rows are dropped), and waiting work is prefilled and joins the
 running batch (caches padded on the left and masked), up to a row cap and a token budget.
 GLM-4V's positions are 3-D (M-RoPE): every row carries its own length and rope offset, and
-each decode step passes explicit position ids of shape (3, rows, 1).
+each decode step passes explicit position ids of shape (3, rows, width).
+
+Where the grammar allows exactly one continuation (a key, its quotes and colon), those tokens
+are fed with the chosen one in the same forward pass (fast-forward): a step is then `width`
+tokens wide, and a row with fewer tokens that step has its run at the right end and the
+columns before it masked, so every row's newest token still sits in the last column.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class Row:
     sampler: Sampler | None = None  # None: greedy
     on_token: Callable[[int], None] | None = None
     length: int = 0  # its real tokens in the cache (prompt + fed tokens)
+    span: int = 0  # cache columns from its first real token to the right end (real tokens + masked gaps)
     delta: int = 0  # M-RoPE offset: the next token's position is length + delta
     prompt_tokens: int = 0
     tokens: int = 0  # estimated KV-cache tokens at most (for the budget)
@@ -99,26 +105,49 @@ class KVBatch:
             raise NotImplementedError("sliding-window cache layers cannot be re-batched")
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         for row, length, delta in zip(rows, lengths, deltas.tolist(), strict=True):
-            row.length = row.prompt_tokens = int(length)
+            row.length = row.span = row.prompt_tokens = int(length)
             row.delta = int(delta)
         return cls(rows, cache, inputs["attention_mask"], out.logits[:, -1].float())
 
-    def step(self, model: Any, tokens: list[int]) -> None:
-        """Feed each row its chosen token; the logits now hold each row's next choice."""
+    def step(self, model: Any, runs: list[list[int]], keep_logits: int = 1) -> torch.Tensor | None:
+        """Feed each row its run of tokens (the chosen one, then any the grammar forces); the logits
+        now hold each row's next choice.
+
+        Runs shorter than the step's width sit at its right end, the columns before them masked.
+        With `keep_logits` > 1, the logits of the step's last `keep_logits` columns come back
+        (rows, keep_logits, vocab): column -k-1 scores what follows a run's token k from its end.
+        """
         device = self.mask.device
-        self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=1)
-        positions = torch.tensor([r.length + r.delta for r in self.rows], device=device)
-        ids = torch.tensor(tokens, device=device).view(-1, 1)
+        width = max(len(run) for run in runs)
+        if width == 1:
+            ids = torch.tensor([run[0] for run in runs], device=device).view(-1, 1)
+            new_mask = self.mask.new_ones(len(runs), 1)
+            positions = torch.tensor([r.length + r.delta for r in self.rows], device=device).view(-1, 1)
+        else:
+            ids = torch.zeros(len(runs), width, dtype=torch.long)
+            new_mask = torch.zeros(len(runs), width, dtype=self.mask.dtype)
+            positions = torch.zeros(len(runs), width, dtype=torch.long)
+            for i, (row, run) in enumerate(zip(self.rows, runs, strict=True)):
+                start = row.length + row.delta
+                ids[i, width - len(run) :] = torch.tensor(run)
+                new_mask[i, width - len(run) :] = 1
+                positions[i] = start  # the masked columns' positions are never attended
+                positions[i, width - len(run) :] = torch.arange(start, start + len(run))
+            ids, new_mask, positions = ids.to(device), new_mask.to(device), positions.to(device)
+        self.mask = torch.cat([self.mask, new_mask], dim=1)
         out = model(
             input_ids=ids,
             attention_mask=self.mask,
-            position_ids=positions.view(1, -1, 1).expand(3, -1, 1),
+            position_ids=positions.unsqueeze(0).expand(3, -1, -1),
             cache=self.cache,
             use_cache=True,
+            logits_to_keep=min(keep_logits, width),
         )
-        for row in self.rows:
-            row.length += 1
+        for row, run in zip(self.rows, runs, strict=True):
+            row.length += len(run)
+            row.span += width
         self.logits = out.logits[:, -1].float()
+        return out.logits.float() if keep_logits > 1 and width > 1 else None
 
     def keep(self, indices: list[int]) -> None:
         """Keep only these rows (in this order), dropping the others' cache."""
@@ -146,7 +175,7 @@ class KVBatch:
 
     def _trim(self) -> None:
         """Drop the left columns every row pads: attention never pays for them."""
-        pad = min((self.mask.shape[1] - r.length for r in self.rows), default=0)
+        pad = min((self.mask.shape[1] - r.span for r in self.rows), default=0)
         if pad > 0:
             self.mask = self.mask[:, pad:]
             for layer in self.cache.layers:
@@ -201,6 +230,7 @@ class Batcher:
     # decoding, so long prompts prefill alone and join the running rows for decoding.
     prefill_tokens: int | None = None
     prompt_tokens: Callable[[Any], int] | None = None  # a work's prompt tokens (default: `estimate`)
+    fast_forward: bool = True  # feed the tokens a grammar forces in the same forward as the chosen one
     waiting: deque[_Waiting] = field(default_factory=deque)
     batch: KVBatch | None = None
     _processor: StepProcessor | None = None
@@ -320,7 +350,7 @@ class Batcher:
                 greedy = scores.argmax(dim=-1).tolist()
                 tokens = [r.sampler(scores[n]) if r.sampler else greedy[n] for n, r in enumerate(rows)]
                 now = time.perf_counter()
-                keep = []
+                keep, runs = [], []
                 for n, (row, token) in enumerate(zip(rows, tokens, strict=True)):
                     row.peak_rows = max(row.peak_rows, len(rows))
                     processor.consume_row(row.steps, token)
@@ -332,6 +362,7 @@ class Batcher:
                         row.finish = "length"
                     if row.finish is None:
                         keep.append(n)
+                        runs.append([token, *self._fast_forward(processor, row)])
                     else:
                         row.ended_at = now
                         done.append(row)
@@ -339,7 +370,13 @@ class Batcher:
                     self.batch = None  # every row is done: its cache goes
                 else:
                     batch.keep(keep)  # finished rows leave now, before the next forward
-                    batch.step(self.model(), [tokens[n] for n in keep])
+                    scored = [r.steps.logprobs and len(run) > 1 for r, run in zip(batch.rows, runs, strict=True)]
+                    width = max(map(len, runs)) if any(scored) else 1
+                    logits = batch.step(self.model(), runs, keep_logits=width)
+                    if logits is not None:
+                        for i, (row, run) in enumerate(zip(batch.rows, runs, strict=True)):
+                            if scored[i]:
+                                processor.score_forced(row.steps, logits[i, -len(run) : -1], run[1:])
         except Exception as exc:  # noqa: BLE001 - the batch's failure, handled below
             error, out_of_memory = self.describe(exc), self.is_out_of_memory(exc)
         else:
@@ -349,6 +386,19 @@ class Batcher:
         for row in done:
             yield Finished(row.work, row)
         yield from self._step_failed([r for r in rows if r not in done], error, out_of_memory)
+
+    def _fast_forward(self, processor: StepProcessor, row: Row) -> list[int]:
+        """The tokens the grammar forces after this step's choice, recorded as the row's own; [] if none."""
+        if not self.fast_forward:
+            return []
+        # Room for one more chosen token: a row never ends inside a forced run.
+        forced = processor.forced(row.steps, row.max_new_tokens - len(row.steps.tokens) - 1)
+        if forced:
+            processor.consume_forced(row.steps, forced)
+            if row.on_token is not None:
+                for token in forced:
+                    row.on_token(token)
+        return forced
 
     def _step_failed(self, rows: list[Row], error: str, out_of_memory: bool) -> Iterator[Finished]:
         """The running batch is lost: its rows start again (alone, or in smaller batches), or fail if alone already."""

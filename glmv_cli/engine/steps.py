@@ -195,6 +195,34 @@ class StepProcessor(LogitsProcessor):
             row.done = True
             row.finished_at = time.perf_counter()
 
+    def forced(self, row: RowSteps, room: int) -> list[int]:
+        """The tokens the row's grammar allows no alternative to, at most `room`, stopping before a stop token."""
+        matcher = row.matcher
+        if matcher is None or room <= 0 or row.done or matcher.is_error():
+            return []
+        stops = self.eos_ids if row.stop_ids is None else row.stop_ids
+        forced = []
+        for token in matcher.compute_ff_tokens()[:room]:
+            if token in stops:
+                break
+            forced.append(token)
+        return forced
+
+    def consume_forced(self, row: RowSteps, tokens: list[int]) -> None:
+        """Record forced tokens (fed with this step's choice); their log-probs come from that forward (score_forced)."""
+        if row.closed_early:
+            row.lex = Closer.advance(*row.lex, "".join(self.closer.texts[t] for t in tokens))
+        row.matcher.consume_tokens(tokens)
+        if row.matcher.is_error():
+            row.error = row.matcher.get_error()
+        row.tokens.extend(tokens)
+        row.steps += len(tokens)  # the closing rule counts tokens, chosen or forced
+
+    def score_forced(self, row: RowSteps, logits: torch.Tensor, tokens: list[int]) -> None:
+        """Log-probs of forced tokens from the raw logits that preceded each (unmasked, as for chosen tokens)."""
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        row.token_logprobs.extend(logprobs[torch.arange(len(tokens)), torch.tensor(tokens)].tolist())
+
     def finish(self, last_tokens: list[int]) -> None:
         """Account for the last step's tokens, which no further call saw (generate's path)."""
         if any(r.steps for r in self.rows) and last_tokens:
