@@ -76,9 +76,39 @@ def test_prefetch_is_bounded_by_bytes(tiny_model, folder):
     assert [answered(r.status) for r in records] == ["ok"] * 8
     gate = extractor._gate
     assert gate.held == 0  # every prepared input was released once its batch ran
-    # With a cap of one byte, only the documents being read ahead of the gate are ever held.
+    # With a cap of one byte, one document at a time is read and held: never two, however many workers.
     one_doc = 3 * 1000 * 1300 + 4 * 1200 * 1200 * 3  # generous: the largest sample's image and pixel values
-    assert 0 < gate.peak <= (2 + 3) * one_doc
+    assert 0 < gate.peak == gate.largest <= one_doc
+
+
+def test_documents_still_loading_count_as_large_as_the_largest_seen():
+    """The gate's bound: held bytes plus each loading document at the largest size seen stay under the cap."""
+    import threading
+
+    from glmv_cli.extraction.loading import ByteGate
+
+    gate, stop = ByteGate(cap=100), threading.Event()
+    assert gate._room()
+    gate.submitted(0)
+    gate.loaded(0, 40)  # held 40, largest 40
+    gate.submitted(1)  # 40 + 1 x 40 = 80 < 100: room for another
+    assert gate._room()
+    gate.submitted(2)  # 40 + 2 x 40 = 120: no room until something goes
+    assert not gate._room()
+    gate.loaded(1, 10)  # 50 + 1 x 40 = 90
+    assert gate._room()
+    gate.submitted(3)
+    gate.gone(2)  # given up on: no longer loading
+    gate.release(50)  # the first two ran: 0 held, 1 loading
+    assert gate._room()
+    gate.loaded(3, 500)  # one document over the cap alone
+    gate.submitted(4)
+    assert not gate._room()
+    gate.release(500)
+    assert not gate._room()  # document 4 may be as large: one at a time now
+    gate.loaded(4, 0)  # it was a cache hit
+    gate.wait_for_room(stop)  # nothing held or loading: returns at once
+    assert gate.held == 0 and gate.largest == 500
 
 
 def test_a_small_budget_makes_small_batches_with_the_same_answers(tiny_model, folder, monkeypatch):

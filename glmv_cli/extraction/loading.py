@@ -47,26 +47,53 @@ class LoadTask:
 
 
 class ByteGate:
-    """Bytes of loaded work not yet consumed; the producer waits while they are over the cap."""
+    """Bytes of loaded work not yet consumed, and the documents still loading; the producer waits for room.
+
+    A document's bytes are known only once it is loaded, so each one still loading counts as
+    large as the largest seen so far in the run: the held bytes stay within the cap plus about
+    one document, however many documents are read ahead. Room for the next is there when
+    held + loading x largest is under the cap, or when nothing is held or loading at all (one
+    document over the cap alone still passes).
+    """
 
     def __init__(self, cap: int):
-        self.cap, self.held, self.peak = cap, 0, 0
+        self.cap, self.held, self.peak, self.largest = cap, 0, 0, 0
+        self._loading: set[int] = set()  # indices of documents submitted and not yet loaded
         self._cond = threading.Condition()
 
-    def add(self, nbytes: int) -> None:
+    def submitted(self, index: int) -> None:
         with self._cond:
+            self._loading.add(index)
+
+    def loaded(self, index: int, nbytes: int) -> None:
+        """A document finished loading and holds `nbytes` until released (0: nothing to run)."""
+        with self._cond:
+            self._loading.discard(index)
             self.held += nbytes
             self.peak = max(self.peak, self.held)
+            self.largest = max(self.largest, nbytes)
+            self._cond.notify_all()
+
+    def gone(self, index: int) -> None:
+        """A document will not be loaded after all (given up on): it no longer counts as loading."""
+        with self._cond:
+            self._loading.discard(index)
+            self._cond.notify_all()
 
     def release(self, nbytes: int) -> None:
         with self._cond:
             self.held -= nbytes
             self._cond.notify_all()
 
-    def wait_below_cap(self, stop: threading.Event) -> None:
-        """Block while the held bytes are at or over the cap (one document over it alone still passes)."""
+    def _room(self) -> bool:
+        loading = len(self._loading)
+        # Until a document with bytes has loaded, a loading one counts as 1 byte (unknown, yet not free).
+        return (self.held == 0 and loading == 0) or self.held + loading * max(self.largest, 1) < self.cap
+
+    def wait_for_room(self, stop: threading.Event) -> None:
+        """Block until the next document may start loading."""
         with self._cond:
-            while self.held >= self.cap and not stop.is_set():
+            while not self._room() and not stop.is_set():
                 self._cond.wait(0.1)
 
 

@@ -179,7 +179,12 @@ class Extractor:
 
     # -- loading (worker threads) -----------------------------------------------------------------
     def _prepare(self, task: LoadTask) -> _Prepared:
-        """Read, look up, decode and preprocess one path; never raises."""
+        """Read, look up, decode and preprocess one path; never raises. Its bytes are held from here."""
+        prepared = self._prepare_unheld(task)
+        self._gate.loaded(task.index, prepared.nbytes)
+        return prepared
+
+    def _prepare_unheld(self, task: LoadTask) -> _Prepared:
         name = task.path
         try:
             return self._load(task)
@@ -235,9 +240,7 @@ class Extractor:
         except Exception as exc:  # noqa: BLE001 - the processor rejected these pages
             error = f"preprocessing failed: {_one_line(exc)}"
             return _Prepared(task.index, name, sha, key, records=[self._failed(name, error, "preprocess_failed", sha)])
-        prepared = _Prepared(task.index, name, sha, key, jobs=jobs)
-        self._gate.add(prepared.nbytes)
-        return prepared
+        return _Prepared(task.index, name, sha, key, jobs=jobs)
 
     def _jobs(self, index: int, doc: Document, load_s: float) -> list[_Job]:
         groups = [[p] for p in doc.pages] if self.options.per_page else [doc.pages]
@@ -300,9 +303,10 @@ class Extractor:
         def produce() -> None:
             try:
                 for index, path in enumerate(paths):
-                    self._gate.wait_below_cap(finished)
+                    self._gate.wait_for_room(finished)
                     if finished.is_set() or self.stopped:
                         return
+                    self._gate.submitted(index)
                     pending.put(loader.submit(index, str(path)))
             finally:
                 pending.put(None)
@@ -408,6 +412,7 @@ class Extractor:
         while not task.done.wait(0.05):
             late = task.overdue(limits)
             if late and loader.abandon(task):
+                self._gate.gone(task.index)  # its bytes, if it ever loads, are released at once
                 stage, spent = late
                 error = f"{stage} did not finish within {spent:.0f} s; gave up on this document"
                 return _Prepared(task.index, task.path, records=[self._failed(task.path, error, TIMEOUT_CODES[stage])])
