@@ -120,7 +120,9 @@ def extras(results: dict[str, dict[str, Any]]) -> str:
         lines.append(
             f"peak RSS 50 vs 1000 pages  {r['rss_50_mb']:.0f} MB vs {r['rss_1000_mb']:.0f} MB "
             f"-> ratio {r['ratio']:.2f} "
-            f"({r['image_px'][0]}x{r['image_px'][1]} px images, --max-tokens {r['max_tokens']}, cache off; "
+            f"(real-size pages at {r['dpi']} dpi, {r['pages_per_doc'][0]}-{r['pages_per_doc'][1]} per document, "
+            f"{r['prompt_tokens_1000_per_page']} prompt tokens per page, longest prompt "
+            f"{r['prompt_tokens_1000_max']}; --max-tokens {r['max_tokens']}, cache off; "
             f"walls {r['wall_50_s']:.0f} s and {r['wall_1000_s']:.0f} s)"
         )
     lines.extend(_serve_load_lines(results.get("serve_load", {})))
