@@ -221,7 +221,8 @@ class StepProcessor(LogitsProcessor):
     def score_forced(self, row: RowSteps, logits: torch.Tensor, tokens: list[int]) -> None:
         """Log-probs of forced tokens from the raw logits that preceded each (unmasked, as for chosen tokens)."""
         logprobs = torch.log_softmax(logits.float(), dim=-1)
-        row.token_logprobs.extend(logprobs[torch.arange(len(tokens)), torch.tensor(tokens)].tolist())
+        index = torch.arange(len(tokens), device=logprobs.device), torch.tensor(tokens, device=logprobs.device)
+        row.token_logprobs.extend(logprobs[index].tolist())
 
     def finish(self, last_tokens: list[int]) -> None:
         """Account for the last step's tokens, which no further call saw (generate's path)."""
