@@ -291,3 +291,28 @@ def test_forced_tokens_ride_along_with_the_chosen_one(backend, monkeypatch, no_f
         assert gen.text == slow[tag].text and gen.token_ids == slow[tag].token_ids
         assert len(gen.token_logprobs) == len(gen.token_ids) and gen.output_tokens == slow[tag].output_tokens
         assert gen.token_logprobs == pytest.approx(slow[tag].token_logprobs, abs=1e-4)
+
+
+def test_the_cache_grows_into_spare_columns_with_the_same_answers(backend, monkeypatch, no_failures):
+    """A decode step writes into the layer's spare columns; the cache is copied when rows change or room runs out."""
+    from transformers.cache_utils import DynamicLayer
+
+    from glmv_cli.engine import decode
+
+    copies, writes = [], []
+    real_append = decode._append
+
+    def spy(filled, new, buffer):
+        out, grown = real_append(filled, new, buffer)
+        (writes if grown is buffer else copies).append(new.shape[-2])
+        return out, grown
+
+    monkeypatch.setattr(decode, "_append", spy)
+    reqs = [r.model_copy(update={"tag": i}) for i, r in enumerate(mixed_requests())]
+    grown = {g.tag: g for g in backend.generate_stream(reqs, max_rows=len(reqs))}
+    assert len(writes) > 3 * len(copies)  # most steps write in place
+
+    monkeypatch.setattr(decode.GrowingLayer, "update", DynamicLayer.update)  # concatenate at every step
+    concatenated = {g.tag: g for g in backend.generate_stream(reqs, max_rows=len(reqs))}
+    for tag, gen in grown.items():
+        assert_same(gen, concatenated[tag])

@@ -22,10 +22,15 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers.cache_utils import DynamicLayer
 
 from glmv_cli.engine.steps import RowSteps, StepProcessor
 
 IDLE_S = 0.005  # nothing running and nothing ready: wait this long before asking the source again
+# Spare cache columns a layer keeps for the coming steps: one copy of the cache per this many steps,
+# at most this many columns x rows x the KV bytes per token of extra memory (GLM-4.6V-Flash in bf16,
+# 32 rows: about 160 MB).
+SPARE_COLUMNS = 128
 
 
 class Sampler:
@@ -71,6 +76,46 @@ class Row:
     ended_at: float | None = None
 
 
+class GrowingLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values sit at the start of buffers with spare columns.
+
+    DynamicLayer concatenates at every step, copying the whole cache each time (a fifth of a
+    32-row batch's time on the tiny checkpoint); here a step writes its columns into the spare
+    room, and the cache is copied only when the room runs out. `keys` and `values` stay views of
+    the filled part: code that replaces them (dropping rows, joining batches, trimming padding)
+    gets its tensors adopted into new buffers at the next update.
+    """
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.keys, self._key_buffer = _append(self.keys, key_states, getattr(self, "_key_buffer", None))
+        self.values, self._value_buffer = _append(self.values, value_states, getattr(self, "_value_buffer", None))
+        return self.keys, self.values
+
+
+def _append(filled: torch.Tensor, new: torch.Tensor, buffer: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`filled` then `new` along the sequence (-2), written into `buffer` when `filled` is its start and it has room."""
+    length = filled.shape[-2] if filled.numel() else 0
+    needed = length + new.shape[-2]
+    in_place = (
+        buffer is not None
+        and length
+        and filled.data_ptr() == buffer.data_ptr()
+        and filled.shape[:-2] == buffer.shape[:-2]
+        and filled.stride() == buffer.stride()
+        and needed <= buffer.shape[-2]
+    )
+    if not in_place:
+        buffer = new.new_empty((*new.shape[:-2], needed + SPARE_COLUMNS, new.shape[-1]))
+        if length:
+            buffer[..., :length, :] = filled
+    buffer[..., length:needed, :] = new
+    return buffer[..., :needed, :], buffer
+
+
 def mrope_positions(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """3-D position ids (3, rows, length) of left-padded prompts and each row's rope offset, as generate makes them."""
     mask = inputs["attention_mask"]
@@ -100,6 +145,7 @@ class KVBatch:
         """Run left-padded prompts through the model: their cache, and the logits of each row's first token."""
         positions, deltas = mrope_positions(model, inputs)
         cache = DynamicCache(config=model.config)
+        cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
         out = model(**inputs, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
         if any(getattr(layer, "is_sliding", False) for layer in cache.layers):
             raise NotImplementedError("sliding-window cache layers cannot be re-batched")
@@ -114,8 +160,8 @@ class KVBatch:
         now hold each row's next choice.
 
         Runs shorter than the step's width sit at its right end, the columns before them masked.
-        With `keep_logits` > 1, the logits of the step's last `keep_logits` columns come back
-        (rows, keep_logits, vocab): column -k-1 scores what follows a run's token k from its end.
+        With `keep_logits` > 1 and a step wider than one token, the logits of the step's last
+        `keep_logits` columns come back as (rows, columns, vocab), for the forced tokens' log-probs.
         """
         device = self.mask.device
         width = max(len(run) for run in runs)
