@@ -32,9 +32,7 @@ def serve(
     batch_wait_ms: Annotated[
         float, typer.Option(min=0.0, help="How long the first waiting request waits for others to batch with.")
     ] = 10.0,
-    max_batch: Annotated[
-        int | None, typer.Option(min=1, help="Most requests per model call (default: 32 on CUDA, 8 on CPU).")
-    ] = None,
+    max_batch: Annotated[int | None, typer.Option(min=1, help="Most requests decoding at once (default: 32).")] = None,
     served_model_name: Annotated[
         str | None, typer.Option(help="Model name in /v1/models and responses (default: the model id's last part).")
     ] = None,

@@ -126,10 +126,12 @@ class LocalBackend(Backend):
         return local_identity(self.model_id, self._options)
 
     def default_batch_size(self) -> int:
-        """Most rows per batch; on CUDA the token budget does the real sizing, so this only caps rows."""
-        if self._batch_size:
-            return self._batch_size
-        return 32 if self.loaded.device.startswith("cuda") else 8
+        """Most rows decoding at once; the token budget does the real sizing, so this only caps rows.
+
+        32 on every device: on CPU too the budget (CPU_TOKEN_BUDGET) bounds the cache, and more rows
+        share each step's fixed costs (tiny checkpoint, 32 invoices: 4.6 docs/s at 8 rows, 6.0 at 32).
+        """
+        return self._batch_size or 32
 
     def token_budget(self) -> int | None:
         """60% of the GPU memory free after loading, over the KV-cache bytes per token; fixed on CPU."""
