@@ -189,19 +189,20 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     out.extend(_peer_targets(results, best))
 
     b1, plain = best.get("glmv b1"), best.get("plain")
-    if b1 and plain:
-        ratio = b1["output_tokens_per_s"] / plain["output_tokens_per_s"]
+    if b1 and plain and b1.get("decode_tokens_per_s") and plain.get("decode_tokens_per_s"):
+        # Decode time only (the issue's measure): prefill, reading and validating are left out.
+        ratio = b1["decode_tokens_per_s"] / plain["decode_tokens_per_s"]
         out.append(
             _target(
-                "glmv b1 output tokens/s >= 0.9x plain loop",
+                "glmv b1 decode tokens/s >= 0.9x plain loop",
                 ratio >= 0.9,
-                f"{b1['output_tokens_per_s']:.0f} vs {plain['output_tokens_per_s']:.0f} tok/s -> {ratio:.2f}x "
-                f"(decode only, prefill left out: {_fmt(b1.get('decode_tokens_per_s'), 0)} vs "
-                f"{_fmt(plain.get('decode_tokens_per_s'), 0)})",
+                f"{b1['decode_tokens_per_s']:.0f} vs {plain['decode_tokens_per_s']:.0f} tok/s -> {ratio:.2f}x "
+                f"(over the whole round: {b1['output_tokens_per_s']:.0f} vs {plain['output_tokens_per_s']:.0f}, "
+                f"{b1['output_tokens_per_s'] / plain['output_tokens_per_s']:.2f}x)",
             )
         )
     else:
-        out.append(_target("glmv b1 output tokens/s >= 0.9x plain loop", None, "not measured"))
+        out.append(_target("glmv b1 decode tokens/s >= 0.9x plain loop", None, "not measured"))
 
     c = results.get("cached", {})
     if "rerun_s" in c:
@@ -254,8 +255,12 @@ def _peer_targets(results: dict[str, dict[str, Any]], best: dict[str, Any]) -> l
     """glmv bN against the grammar-processor peer and vLLM (issue 8's targets)."""
     glmv_n, proc = best.get("glmv bN"), best.get("grammar processor")
     vllm = best.get("vllm")
-    # vLLM at glmv's batch size in flight; with no more documents than that, the c32 row is the same load.
-    same_load = best.get("vllm c8") or (vllm if vllm and vllm["docs"] <= 8 else None)
+    # The vLLM row with as many documents in flight as glmv bN decodes at once.
+    rows = results.get("glmv bN", {}).get("batch_size")
+    same_load = next(
+        (row for row in (vllm, best.get("vllm c8")) if row and rows and row.get("in_flight") == min(rows, row["docs"])),
+        None,
+    )
     out = []
     name = "glmv bN valid docs/s >= 2x transformers + grammar processor b8"
     if glmv_n and proc:

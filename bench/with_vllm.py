@@ -32,7 +32,7 @@ from bench.vllm_server import HEALTH_TIMEOUT_S, STRUCTURED_BACKEND, Server, avai
 
 SERVED_NAME = "glmv-tiny"
 BACKEND = STRUCTURED_BACKEND
-IN_FLIGHT = (32, 8)  # 32 as a server is driven; 8 = glmv's CPU batch size, for the same-load comparison
+IN_FLIGHT = (32, 8)  # 32 as a server is driven (and glmv's row cap); 8, a lighter load, for context
 LOG = WORK / "vllm-server.log"
 
 
