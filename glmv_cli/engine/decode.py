@@ -86,13 +86,16 @@ class GrowingLayer(DynamicLayer):
     gets its tensors adopted into new buffers at the next update.
     """
 
+    _key_buffer: torch.Tensor | None = None
+    _value_buffer: torch.Tensor | None = None
+
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        self.keys, self._key_buffer = _append(self.keys, key_states, getattr(self, "_key_buffer", None))
-        self.values, self._value_buffer = _append(self.values, value_states, getattr(self, "_value_buffer", None))
+        self.keys, self._key_buffer = _append(self.keys, key_states, self._key_buffer)
+        self.values, self._value_buffer = _append(self.values, value_states, self._value_buffer)
         return self.keys, self.values
 
 
@@ -276,7 +279,6 @@ class Batcher:
     # decoding, so long prompts prefill alone and join the running rows for decoding.
     prefill_tokens: int | None = None
     prompt_tokens: Callable[[Any], int] | None = None  # a work's prompt tokens (default: `estimate`)
-    fast_forward: bool = True  # feed the tokens a grammar forces in the same forward as the chosen one
     waiting: deque[_Waiting] = field(default_factory=deque)
     batch: KVBatch | None = None
     _processor: StepProcessor | None = None
@@ -435,8 +437,6 @@ class Batcher:
 
     def _fast_forward(self, processor: StepProcessor, row: Row) -> list[int]:
         """The tokens the grammar forces after this step's choice, recorded as the row's own; [] if none."""
-        if not self.fast_forward:
-            return []
         # Room for one more chosen token: a row never ends inside a forced run.
         forced = processor.forced(row.steps, row.max_new_tokens - len(row.steps.tokens) - 1)
         if forced:
