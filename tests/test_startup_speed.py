@@ -64,6 +64,13 @@ def run_entry(*args: str, before: str = "") -> tuple[int, str, set[str]]:
     return proc.returncode, proc.stdout + err, set(modules.split())
 
 
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter (nothing imported yet); it must exit 0."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 def test_root_help_imports_nothing_heavy():
     rc, out, modules = run_entry("--help")
     assert rc == 0 and "Commands" in out and "extract" in out
@@ -103,9 +110,7 @@ def test_stand_ins_are_the_real_classes_when_used():
         "assert ru.Traceback.from_exception is not None\n"
         "print('ok')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"
+    assert run_python(code).stdout.strip() == "ok"
 
 
 def test_markdown_help_still_renders_with_the_stand_in():
@@ -125,6 +130,4 @@ def test_markdown_help_still_renders_with_the_stand_in():
         "    pass\n"
         "assert 'rich.markdown' in sys.modules\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert "Some bold words." in proc.stdout
+    assert "Some bold words." in run_python(code).stdout
