@@ -13,7 +13,6 @@ import itertools
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from bench.common import GLMV, PYTHON, ROOT, WORK, cli_env, emit, run_measured
@@ -121,4 +120,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
