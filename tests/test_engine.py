@@ -245,7 +245,7 @@ def test_tiny_variant_with_real_image_limits(tiny_model, tmp_path):
     a4_150dpi = (1754, 1240)
     assert visual_tokens(tiny_model, *a4_150dpi) <= 256  # the test cap
     assert 2700 <= visual_tokens(real, *a4_150dpi) <= 2800  # about 2,772, as the real processor gives
-    assert visual_tokens(real, 8000, 8000) <= 7500  # the stock cap: 28 x 28 x 15000 pixels over 2 frames
+    assert visual_tokens(real, 8000, 8000) <= 6144  # the real cap: 28 x 28 x 2 x 6144 pixels over 2 frames
 
 
 @pytest.fixture

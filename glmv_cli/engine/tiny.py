@@ -7,7 +7,7 @@ meaningless; shapes, batching, constraints and validation are real.
 It keeps the real model's scale where scale changes behaviour: 131,072 positions, and an
 attention head size of 64 (vLLM's CPU attention rejects 16), so the same checkpoint also serves
 in vLLM. Only the image cap is small by default, so tests stay fast; the `real_image_limits`
-variant takes the real processor's cap (thousands of visual tokens per page) for memory and
+variant takes the real processor's cap (up to 6,144 visual tokens per image) for memory and
 throughput benchmarks, with the same language model and a one-layer vision tower.
 
     python -m glmv_cli.engine.tiny build/tiny-glm4v
@@ -28,7 +28,9 @@ MAX_POSITIONS = 131072
 HEAD_DIM = 64
 # Visual tokens per image are capped by `longest_edge` (pixels x 2 frames for a still image).
 TEST_LONGEST_EDGE = 28 * 28 * 2 * 256  # at most 256 visual tokens: CPU tests stay fast
-REAL_LONGEST_EDGE = 28 * 28 * 15000  # transformers' Glm46VImageProcessor default: up to 7,500 tokens
+# The real checkpoint's cap (its preprocessor_config.json): 9,633,792 pixels, at most 6,144 visual tokens
+# (transformers' Glm46VImageProcessor default, 28 x 28 x 15,000, is larger).
+REAL_LONGEST_EDGE = 28 * 28 * 2 * 6144
 # The real-limits variant's vision tower: one narrow layer. Its attention runs over every patch of a
 # page (about 11,000 at 150 dpi), so the test tower (2 layers of 64) spends 1.3 s of CPU per page and
 # a 1,000-page memory benchmark half an hour; pixel values, visual tokens and text lengths stay real.
@@ -91,32 +93,154 @@ NON_SPECIAL = {
     "</arg_value>",
 }
 
-# GLM-4.5V/4.6V-style template: [gMASK]<sop>, role tags, image placeholders, /nothink when
-# thinking is off, and an empty think block opening the answer.
-CHAT_TEMPLATE = (
-    "[gMASK]<sop>"
-    "{%- for msg in messages %}"
-    "{%- if msg.role == 'system' %}<|system|>\n"
-    "{% if msg.content is string %}{{ msg.content }}{% else %}"
-    "{%- for item in msg.content %}{% if item.type == 'text' %}{{ item.text }}{% endif %}{% endfor %}"
-    "{%- endif %}"
-    "{%- elif msg.role == 'user' %}<|user|>\n"
-    "{% if msg.content is string %}{{ msg.content }}{% else %}"
-    "{%- for item in msg.content %}"
-    "{%- if item.type == 'image' or 'image' in item %}<|begin_of_image|><|image|><|end_of_image|>"
-    "{%- elif item.type == 'text' %}{{ item.text }}{% endif %}"
-    "{%- endfor %}{% endif %}"
-    "{%- if enable_thinking is defined and not enable_thinking %}/nothink{% endif %}"
-    "{%- elif msg.role == 'assistant' %}<|assistant|>\n"
-    "{% if msg.content is string %}{{ msg.content }}{% else %}"
-    "{%- for item in msg.content %}{% if item.type == 'text' %}{{ item.text }}{% endif %}{% endfor %}"
-    "{%- endif %}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}<|assistant|>\n"
-    "{% if enable_thinking is defined and not enable_thinking %}<think></think>\n{% endif %}"
-    "{%- endif %}"
-)
+# The GLM-4.5V/4.6V chat template, ported from the real checkpoint's (rendered with transformers'
+# trim_blocks and lstrip_blocks, so a block tag's own line adds nothing): [gMASK]<sop>; a `# Tools`
+# system turn when tools are offered; `/nothink` on every user turn when thinking is off (unless the
+# turn already ends with it); a past assistant turn as `<think></think>` (its reasoning inside when it
+# follows the last user turn) and its stripped text; `<tool_call>NAME` with <arg_key>/<arg_value>
+# pairs (strings raw, anything else as JSON); tool results as `<|observation|>` + <tool_response>;
+# and a generation prompt that opens an empty think block only when thinking is off.
+# tests/test_chat_template.py holds it to the real template's renderings (../shared/glm46v/FACTS.md).
+CHAT_TEMPLATE = r"""[gMASK]<sop>
+{%- if tools -%}
+<|system|>
+# Tools
+
+You may call one or more functions to assist with the user query.
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>
+{% for tool in tools %}
+{{ tool | tojson(ensure_ascii=False) }}
+{% endfor %}
+</tools>
+
+For each function call, output the function name and arguments within the following XML format:
+<tool_call>{function-name}
+<arg_key>{arg-key-1}</arg_key>
+<arg_value>{arg-value-1}</arg_value>
+<arg_key>{arg-key-2}</arg_key>
+<arg_value>{arg-value-2}</arg_value>
+...
+</tool_call>{%- endif -%}
+{%- macro visible_text(content) -%}
+    {%- if content is string -%}
+        {{- content }}
+    {%- elif content is iterable and content is not mapping -%}
+        {%- for item in content -%}
+            {%- if item is mapping and item.type == 'text' -%}
+                {{- item.text }}
+            {%- elif item is mapping and (item.type == 'image' or 'image' in item) -%}
+                <|begin_of_image|><|image|><|end_of_image|>
+            {%- elif item is mapping and (item.type == 'video' or 'video' in item) -%}
+                <|begin_of_video|><|video|><|end_of_video|>
+            {%- elif item is string -%}
+                {{- item }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{- content }}
+    {%- endif -%}
+{%- endmacro -%}
+{%- set ns = namespace(last_user_index=-1) %}
+{%- for m in messages %}
+    {%- if m.role == 'user' %}
+        {% set ns.last_user_index = loop.index0 -%}
+    {%- endif %}
+{%- endfor %}
+{% for m in messages %}
+{%- if m.role == 'user' -%}<|user|>
+{% if m.content is string %}
+{{ m.content }}
+{%- else %}
+{%- for item in m.content %}
+{% if item.type == 'video' or 'video' in item %}
+<|begin_of_video|><|video|><|end_of_video|>{% elif item.type == 'image' or 'image' in item %}
+<|begin_of_image|><|image|><|end_of_image|>{% elif item.type == 'text' %}
+{{ item.text }}
+{%- endif %}
+{%- endfor %}
+{%- endif %}
+{{- '/nothink' if (enable_thinking is defined and not enable_thinking and not visible_text(m.content).endswith("/nothink")) else '' -}}
+{%- elif m.role == 'assistant' -%}
+<|assistant|>
+{%- set reasoning_content = '' %}
+{%- set content = visible_text(m.content) %}
+{%- if m.reasoning_content is string %}
+    {%- set reasoning_content = m.reasoning_content %}
+{%- else %}
+    {%- if '</think>' in content %}
+        {%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+        {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+    {%- endif %}
+{%- endif %}
+{%- if loop.index0 > ns.last_user_index and reasoning_content -%}
+{{ '\n<think>' + reasoning_content.strip() +  '</think>'}}
+{%- else -%}
+{{ '\n<think></think>' }}
+{%- endif -%}
+{%- if content.strip() -%}
+{{ '\n' + content.strip() }}
+{%- endif -%}
+{% if m.tool_calls %}
+{% for tc in m.tool_calls %}
+{%- if tc.function %}
+    {%- set tc = tc.function %}
+{%- endif %}
+{{ '\n<tool_call>' + tc.name }}
+{% set _args = tc.arguments %}
+{% for k, v in _args.items() %}
+<arg_key>{{ k }}</arg_key>
+<arg_value>{{ v | tojson(ensure_ascii=False) if v is not string else v }}</arg_value>
+{% endfor %}
+</tool_call>{% endfor %}
+{% endif %}
+{%- elif m.role == 'tool' -%}
+{%- if m.content is string -%}
+{%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+    {{- '<|observation|>' }}
+{%- endif %}
+{{- '\n<tool_response>\n' }}
+{{- m.content }}
+{{- '\n</tool_response>' }}
+{% elif m.content is iterable and m.content is not mapping %}
+{%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+{{- '<|observation|>' }}
+{%- endif %}
+{{- '\n<tool_response>\n' }}
+{%- for tr in m.content -%}
+  {%- if tr is mapping and tr.type is defined -%}
+    {%- set t = tr.type | lower -%}
+    {%- if t == 'text' and tr.text is defined -%}
+{{ tr.text }}
+    {%- elif t in ['image', 'image_url'] -%}
+<|begin_of_image|><|image|><|end_of_image|>
+    {%- elif t in ['video', 'video_url'] -%}
+<|begin_of_video|><|video|><|end_of_video|>
+    {%- else -%}
+{{ tr | tojson(ensure_ascii=False) }}
+    {%- endif -%}
+  {%- else -%}
+{{ tr.output if tr.output is defined else tr }}
+  {%- endif -%}
+{%- endfor -%}
+{{- '\n</tool_response>' }}
+{%- else -%}
+<|observation|>{% for tr in m.content %}
+
+<tool_response>
+{{ tr.output if tr.output is defined else tr }}
+</tool_response>{% endfor -%}
+{% endif -%}
+{%- elif m.role == 'system' -%}
+<|system|>
+{{ visible_text(m.content) }}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+<|assistant|>
+{{'<think></think>\n' if (enable_thinking is defined and not enable_thinking) else ''}}
+{%- endif -%}"""  # noqa: E501
 
 # Local training text for the byte-level BPE: document words, JSON punctuation, digits.
 _WORDS = [
@@ -301,7 +425,7 @@ def _config(ids: dict[str, int], vocab: int, vision: dict[str, int]) -> Any:
 def build_tiny(out: str | Path, *, real_image_limits: bool = False) -> Path:
     """Write the tiny checkpoint to `out` (overwriting) and return the folder.
 
-    real_image_limits: the stock processor's image cap instead of the test cap, and the narrow vision
+    real_image_limits: the real processor's image cap instead of the test cap, and the narrow vision
     tower (REAL_SCALE_VISION) beside the same language model weights.
     """
     import torch
@@ -358,7 +482,7 @@ def build_tiny(out: str | Path, *, real_image_limits: bool = False) -> Path:
         "Tiny random-weight GLM-4.6V-architecture checkpoint built by `python -m glmv_cli.engine.tiny`.\n"
         "For tests only: its outputs are meaningless.\n"
         + (
-            "Image limits: the real processor's (up to 7,500 visual tokens per image); one narrow vision layer.\n"
+            "Image limits: the real processor's (up to 6,144 visual tokens per image); one narrow vision layer.\n"
             if real_image_limits
             else ""
         )
