@@ -30,17 +30,19 @@ HEAVY = ("torch", "transformers")
 class FakeOpenAI:
     """An OpenAI-shaped server: /v1/models and /v1/chat/completions (plain and SSE).
 
-    `script` holds what the next chat requests get, in order: an HTTP status (with `retry_after`),
-    ("sleep", seconds), ("reply", overrides of the completion) or a callable(body) -> one of those.
+    `script` holds what the next chat requests get, in order: an HTTP status (a 429 says Retry-After:
+    `retry_after` seconds, 1 unless set), ("sleep", seconds), ("reply", overrides of the completion)
+    or a callable(body) -> one of those (None: the default answer, once the callable returns).
     Once it is empty every request gets the default answer.
     """
 
-    def __init__(self, *, model: str = "glmv-test", answer: str = ANSWER, logprobs: bool = True, delay: float = 0):
-        self.model, self.answer, self.logprobs, self.delay = model, answer, logprobs, delay
+    def __init__(self, *, model: str = "glmv-test", answer: str = ANSWER, logprobs: bool = True):
+        self.model, self.answer, self.logprobs = model, answer, logprobs
         self.script: list[Any] = []
         self.bodies: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.in_flight = self.peak = 0
+        self.retry_after = 1
         self.lock = threading.Lock()
         fake = self
 
@@ -71,10 +73,9 @@ class FakeOpenAI:
                         fake.in_flight -= 1
 
             def _answer(self, body: dict[str, Any], step: Any) -> None:
-                time.sleep(fake.delay)
                 extra: dict[str, Any] = {}
                 if isinstance(step, int):
-                    headers = {"Retry-After": "1"} if step == 429 else {}
+                    headers = {"Retry-After": str(fake.retry_after)} if step == 429 else {}
                     return self._json(step, {"error": {"message": f"status {step} from the test"}}, headers)
                 if isinstance(step, tuple) and step[0] == "sleep":
                     time.sleep(step[1])
@@ -211,28 +212,44 @@ def test_length_is_closed_early_and_missing_logprobs_stay_none(server):
 
 
 def test_a_batch_is_sent_concurrently(server):
-    server.delay = 0.3
+    def together(body: dict[str, Any]) -> None:
+        """Hold each request until four have been in flight at once (sent one at a time, they never are)."""
+        deadline = time.monotonic() + 3  # under the client's 5 s request timeout
+        while server.peak < 4 and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    server.script = [together] * 8
     remote = backend(server.url, concurrency=8)
     assert remote.default_batch_size() == 8
-    started = time.perf_counter()
     gens = remote.generate([request() for _ in range(8)])
-    assert time.perf_counter() - started < 1.5  # 8 x 0.3 s one at a time would be 2.4 s
     assert server.peak >= 4 and all(g.text == ANSWER and g.batch_size == 8 for g in gens)
 
 
 def test_the_stream_keeps_requests_in_flight_and_hands_each_answer_out_when_done(server):
-    server.script = [("sleep", 1.0)]  # the first request is slow; the others must not wait for it
+    others_out = threading.Event()
+
+    def hold_the_first(body: dict[str, Any]) -> None:
+        """The first request is answered only once the other five are handed out (or after 4 s)."""
+        if "Hold this one." in json.dumps(body):
+            others_out.wait(4)  # under the client's 5 s request timeout
+
+    server.script = [hold_the_first] * 6
     remote = backend(server.url, concurrency=4)
     feed = [request() for _ in range(6)]
     for i, req in enumerate(feed):
         req.tag = i
-    started = time.perf_counter()
+    feed[0].prompt = "Hold this one."
     seen = []
-    for gen in remote.generate_stream(iter([feed[0], None, *feed[1:]]), max_rows=3):
-        seen.append((gen.tag, time.perf_counter() - started))
-        assert gen.text == ANSWER
-    assert sorted(t for t, _ in seen) == list(range(6)) and seen[-1][0] == 0
-    assert all(at < 0.9 for tag, at in seen if tag != 0) and server.peak <= 3
+    try:
+        for gen in remote.generate_stream(iter([feed[0], None, *feed[1:]]), max_rows=3):
+            seen.append(gen.tag)
+            assert gen.text == ANSWER
+            if len(seen) == 5:
+                others_out.set()
+    finally:
+        others_out.set()
+    # The others went out while the first was held: none of them waited for it.
+    assert sorted(seen) == list(range(6)) and seen[-1] == 0 and server.peak <= 3
 
 
 # -- retries, fail-over, time-outs -----------------------------------------------------------------
@@ -249,13 +266,13 @@ def test_429_honours_retry_after_then_5xx_is_retried(server):
 def test_a_busy_server_sends_the_request_to_another_at_once(server):
     busy = FakeOpenAI()
     try:
-        busy.script = [429]  # Retry-After: 1, but the other server is free
+        busy.script, busy.retry_after = [429], 30  # Retry-After: 30, but the other server is free
         remote = backend(busy.url, server.url)
         remote._endpoints._turn = -1  # the busy one is asked first
         started = time.perf_counter()
         gen = remote.generate([request()])[0]
         assert gen.text == ANSWER and len(busy.bodies) == len(server.bodies) == 1
-        assert time.perf_counter() - started < 0.9
+        assert time.perf_counter() - started < 10  # not the 30 s Retry-After
     finally:
         busy.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import os
 import struct
@@ -39,6 +40,7 @@ pytest.importorskip("fastapi")
 
 KEY, BATCH_KEY, RATE_KEY, EXTRACT_KEY = "sk-test-main", "sk-test-batch", "sk-test-rate", "sk-test-extract"
 LOG_KEY = "sk-test-log"  # the log test's own key, so its 429 leaves the rate-limit test's budget alone
+CACHE_KEY = "sk-test-cache"  # the cache test's own key: its log lines, not an earlier test's late ones
 RATE_LIMIT = 20  # per minute per key; the main key's tests stay under it
 
 
@@ -60,7 +62,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory) -> Iterator[Server]:
-    args = [arg for key in (KEY, BATCH_KEY, RATE_KEY, EXTRACT_KEY, LOG_KEY) for arg in ("--api-key", key)]
+    keys = (KEY, BATCH_KEY, RATE_KEY, EXTRACT_KEY, LOG_KEY, CACHE_KEY)
+    args = [arg for key in keys for arg in ("--api-key", key)]
     args += ["--rate-limit", str(RATE_LIMIT)]
     # A long batch window, so requests sent together on a busy 2-core machine reliably share a batch.
     args += ["--max-request-mb", "1", "--batch-wait-ms", "300", "--max-batch", "4", "--allow-http"]
@@ -157,19 +160,20 @@ def test_json_schema_answer_parses_and_validates(server, tiny_model):
 
 def test_identical_greedy_request_is_cached(server, tiny_model):
     def ask():
-        return _client(server).chat.completions.create(
+        return _client(server, CACHE_KEY).chat.completions.create(
             model=tiny_model.name, messages=_user("Cache me.", _png((30, 30))), max_tokens=5, temperature=0
         )
 
     def answered(lines: list[dict]) -> list[dict]:
-        return [line for line in lines if line["path"] == "/v1/chat/completions" and line["status"] == 200]
+        mine = [line for line in lines if line.get("key") == key_id(CACHE_KEY)]
+        return [line for line in mine if line["path"] == "/v1/chat/completions" and line["status"] == 200]
 
-    before = len(answered(server.log_lines()))
     first, second = ask(), ask()
     assert first.choices[0].message.content == second.choices[0].message.content
-    asked = answered(server.log_until(lambda lines: len(answered(lines)) >= before + 2))
-    assert asked[-1]["cached"] is True and asked[-2]["cached"] is False
-    assert asked[-1]["completion_tokens"] == second.usage.completion_tokens
+    asked = answered(server.log_until(lambda lines: len(answered(lines)) >= 2))
+    assert sorted(line["cached"] for line in asked) == [False, True], asked
+    hit = next(line for line in asked if line["cached"])
+    assert hit["completion_tokens"] == second.usage.completion_tokens
 
 
 def test_concurrent_requests_share_a_batch(server, tiny_model):
@@ -366,14 +370,35 @@ def test_batcher_continuous_a_request_joins_the_running_batch(tiny_model):
 
     backend = create_backend(str(tiny_model), device="cpu")
     backend.generate([Request(prompt="warm up", settings=GenerationSettings(max_new_tokens=2))])
+    # The decode loop pulls the next request once per step. Hold its fourth pull (the long answer a
+    # couple of steps in) until the short request is queued: it joins at that step on any machine,
+    # with hundreds of the long answer's steps still to go.
+    decoding, queued = threading.Event(), threading.Event()
+    generate_stream = backend.generate_stream
+
+    def held(requests, *, max_rows=None):
+        def pulls():
+            source = iter(requests)
+            for pull in itertools.count():
+                if pull == 3 and not queued.is_set():
+                    decoding.set()
+                    queued.wait(60)
+                try:
+                    item = next(source)
+                except StopIteration:
+                    return
+                yield item
+
+        return generate_stream(pulls(), max_rows=max_rows)
+
+    backend.generate_stream = held
     batcher = Batcher(backend, max_batch=4, wait_s=0.0).start()
     assert batcher.continuous
     try:
         long = batcher.submit(Request(prompt="a long answer", settings=GenerationSettings(max_new_tokens=400)))
-        while batcher.peak_rows < 1:  # the long request is in the decode loop
-            time.sleep(0.002)
-        time.sleep(0.05)
+        assert decoding.wait(60), "the long request never reached the decode loop"
         short = batcher.submit(Request(prompt="short", tag="mine", settings=GenerationSettings(max_new_tokens=2)))
+        queued.set()
         first = short.result(60)
         assert not long.done(), "the short request waited for the long one"
         last = long.result(60)
@@ -394,6 +419,7 @@ def test_batcher_continuous_a_request_joins_the_running_batch(tiny_model):
             time.sleep(0.5)
             assert _cpu_ticks(batcher._thread) - before <= 2, "the idle worker spins"
     finally:
+        queued.set()
         batcher.close()
     assert not batcher._thread.is_alive()
 
