@@ -155,3 +155,26 @@ def test_ask_about_a_url(model_env, monkeypatch):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["files"] == [link] and payload["timings"]["prompt_tokens"] > 0
+
+
+def test_ask_gives_a_pdf_its_text_layer(model_env, monkeypatch):
+    from glmv_cli.engine.local import LocalBackend
+
+    prompts = []
+    real = LocalBackend.stream
+
+    def spy(self, request, on_text):
+        prompts.append(request.prompt)
+        return real(self, request, on_text)
+
+    monkeypatch.setattr(LocalBackend, "stream", spy)
+    pdf = str(SAMPLES / "invoice-acme.pdf")
+    for flag in ("auto", "off"):
+        result = runner.invoke(app, ["ask", pdf, "Number?", "--max-tokens", "2", "--text-hint", flag])
+        assert result.exit_code == 0, result.output
+    with_layer, without = prompts
+    assert "INV-2024-0042" in with_layer and with_layer.endswith(
+        "\n>>>\nNumber?"
+    )  # the page's own text, then the question
+    assert without == "Number?"
+    assert runner.invoke(app, ["ask", pdf, "Q?", "--text-hint", "maybe"]).exit_code == 2

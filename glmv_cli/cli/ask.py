@@ -8,6 +8,7 @@ import typer
 
 from glmv_cli import DEFAULT_MODEL
 from glmv_cli.cli.common import (
+    TEXT_HINT_MODES,
     ApiKeyOpt,
     BackendOpt,
     BaseUrlOpt,
@@ -20,6 +21,7 @@ from glmv_cli.cli.common import (
     RemoteModelOpt,
     RequestTimeoutOpt,
     RevisionOpt,
+    TextHintOpt,
     ThinkOpt,
     handle_errors,
 )
@@ -42,6 +44,7 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the answer and timings.")] = False,
     stats: Annotated[bool, typer.Option(help="Print load time, time to first token and tokens/s on stderr.")] = False,
     think: ThinkOpt = False,
+    text_hint: TextHintOpt = "auto",
     password: PasswordOpt = None,
     allow_url: Annotated[
         bool,
@@ -62,17 +65,20 @@ def ask(
     """Ask a question about one or more images or PDF pages; the answer streams to stdout."""
     from glmv_cli.engine.base import GenerationSettings, Request
     from glmv_cli.engine.factory import create_backend
+    from glmv_cli.extraction.prompt import pick_text_hint, question_prompt
     from glmv_cli.inputs import DEFAULT_MAX_FILE_SIZE, fit_for_vision, load_document
     from glmv_cli.inputs.urls import fetch_url, is_url
 
     if len(args) < 2:
         raise UsageError("give at least one FILE and a QUESTION", "glmv ask invoice.png 'What is the total?'")
     *files, question = args
+    if text_hint not in TEXT_HINT_MODES:
+        raise UsageError(f"unknown --text-hint {text_hint!r}", "choose auto, on or off")
     if files.count("-") > 1:
         raise UsageError("stdin ('-') can be given only once")
     _check_url_flags(files, allow_url, allow_http)
     started = time.perf_counter()
-    images = []
+    images, texts = [], []
     for name in files:
         if name == "-":
             source: str | bytes = sys.stdin.buffer.read(DEFAULT_MAX_FILE_SIZE + 1)
@@ -84,6 +90,7 @@ def ask(
             source = name
         doc = load_document(source, name=name, pages=[page], dpi=dpi, password=password, max_pages=1)
         images.extend(p.image for p in doc.pages)
+        texts.extend(p.text for p in doc.pages)
     load_inputs_s = time.perf_counter() - started
 
     backend = create_backend(
@@ -103,7 +110,7 @@ def ask(
     images = [fit_for_vision(image, max_pixels=cap) for image in images]
     request = Request(
         images=images,
-        prompt=question,
+        prompt=question_prompt(question, pick_text_hint(texts, text_hint)),
         settings=GenerationSettings(max_new_tokens=max_tokens, temperature=temperature, think=think),
     )
     if as_json:

@@ -26,6 +26,8 @@ DtypeOpt = Annotated[
 QuantOpt = Annotated[str, typer.Option(help="auto, none, 8bit, 4bit. auto: 4bit on GPUs under 40 GB, none otherwise.")]
 RevisionOpt = Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit).")]
 ThinkOpt = Annotated[bool, typer.Option("--think/--no-think", help="Let the model reason before answering.")]
+TEXT_HINT_MODES = ("auto", "on", "off")
+TextHintOpt = Annotated[str, typer.Option(help="Give the model a PDF's text layer: auto (when it has one), on, off.")]
 DpiOpt = Annotated[int, typer.Option(min=36, max=600, help="PDF render resolution.")]
 PasswordOpt = Annotated[str | None, typer.Option(envvar="GLMV_PDF_PASSWORD", help="Password for encrypted PDFs.")]
 

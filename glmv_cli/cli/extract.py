@@ -13,6 +13,7 @@ import typer
 
 from glmv_cli import DEFAULT_MODEL
 from glmv_cli.cli.common import (
+    TEXT_HINT_MODES,
     ApiKeyOpt,
     BackendOpt,
     BaseUrlOpt,
@@ -26,6 +27,7 @@ from glmv_cli.cli.common import (
     RemoteModelOpt,
     RequestTimeoutOpt,
     RevisionOpt,
+    TextHintOpt,
     ThinkOpt,
     handle_errors,
 )
@@ -33,8 +35,6 @@ from glmv_cli.errors import ExitStatus, InputError, OutputError, UsageError
 
 if TYPE_CHECKING:
     from glmv_cli.records import Record
-
-TEXT_HINTS = ("auto", "on", "off")
 
 
 @handle_errors
@@ -63,7 +63,7 @@ def extract(
     max_pages: Annotated[int, typer.Option(min=1, help="Most pages per document (a warning names the rest).")] = 8,
     dpi: DpiOpt = 150,
     password: PasswordOpt = None,
-    text_hint: Annotated[str, typer.Option(help="Give the model a PDF's text layer: auto, on, off.")] = "auto",
+    text_hint: TextHintOpt = "auto",
     per_page: Annotated[bool, typer.Option(help="One record per page instead of per document.")] = False,
     think: ThinkOpt = False,
     think_budget: Annotated[int | None, typer.Option(min=1, help="Most thinking tokens with --think.")] = None,
@@ -137,7 +137,7 @@ def extract(
     from glmv_cli.inputs import discover, parse_page_spec, roots_of
     from glmv_cli.outputs import DirWriter, RunStats, open_writer
 
-    if text_hint not in TEXT_HINTS:
+    if text_hint not in TEXT_HINT_MODES:
         raise UsageError(f"unknown --text-hint {text_hint!r}", "choose auto, on or off")
     if output and out_dir:
         raise UsageError("give -o FILE or --out-dir DIR, not both")

@@ -31,13 +31,12 @@ from glmv_cli.extraction.confidence import (
 from glmv_cli.extraction.constraint import constraint_schema
 from glmv_cli.extraction.loading import TIMEOUT_CODES, ByteGate, LoaderPool, LoadTask
 from glmv_cli.extraction.parse import validate
-from glmv_cli.extraction.prompt import PROMPT_VERSION, SYSTEM, build_prompt, repair_prompt
+from glmv_cli.extraction.prompt import PROMPT_VERSION, SYSTEM, build_prompt, pick_text_hint, repair_prompt
 from glmv_cli.extraction.schemas import ResolvedSchema
 from glmv_cli.inputs import DEFAULT_MAX_FILE_SIZE, Document, fit_for_vision, load_document, read_file
 from glmv_cli.inputs.render import PdfRenderer
 from glmv_cli.records import Record, Timings
 
-TEXT_HINT_MIN_CHARS = 20  # `auto`: below this a text layer is noise (scanned page, stray marks)
 VISUAL_TOKEN_PIXELS = 28 * 28  # one visual token per 28x28 px after the processor's resize
 FATAL = (ModelLoadError, UsageError)  # the model cannot run at all: no document could succeed
 
@@ -277,12 +276,7 @@ class Extractor:
         return min(c for c in (own, mine) if c) if (own or mine) else None
 
     def _text_hint(self, pages: list[Any]) -> str | None:
-        if self.options.text_hint == "off":
-            return None
-        text = "\n\n".join(p.text for p in pages if p.text)
-        if self.options.text_hint == "auto" and len(text.strip()) < TEXT_HINT_MIN_CHARS:
-            return None
-        return text or None
+        return pick_text_hint([p.text for p in pages], self.options.text_hint)
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self, paths: Sequence[str | Path]) -> Iterator[Record]:
