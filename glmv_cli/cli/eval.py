@@ -58,4 +58,9 @@ def render_text(report) -> str:
             wrong = "-" if row.wrong_below is None else f"{row.wrong_below:.1%}"
             right = "-" if row.right_above is None else f"{row.right_above:.1%}"
             lines.append(f"  {row.threshold:.2f}     {wrong:>10}   {right:>14}")
+        auc = "-" if report.confidence_auc is None else f"{report.confidence_auc:.3f}"
+        lines.append(
+            f"separation (ROC AUC, right vs wrong values): {auc} over {report.right_values} right "
+            f"and {report.wrong_values} wrong values"
+        )
     return "\n".join(lines)

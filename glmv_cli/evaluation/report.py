@@ -67,6 +67,11 @@ class Report:
     fields: list[FieldScore]
     worst: list[DocumentScore]
     confidence: list[ConfidenceRow] | None = None
+    # Area under the ROC curve of confidence, right values against wrong ones (0.5: no separation, 1: perfect);
+    # None unless both kinds were seen.
+    confidence_auc: float | None = None
+    right_values: int = 0
+    wrong_values: int = 0
     scored_fields: list[str] | None = field(default=None)  # with --map: the only fields scored
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,8 +113,26 @@ def evaluate(predictions: Path, truth: Path, map_spec: str | None = None) -> Rep
         fields=[FieldScore.of(name, per_field[name]) for name in sorted(per_field)],
         worst=sorted(docs, key=lambda d: (d.f1, d.file))[:WORST],
         confidence=_separation(confidence) if confidence else None,
+        confidence_auc=roc_auc(confidence),
+        right_values=sum(ok for _, ok in confidence),
+        wrong_values=sum(not ok for _, ok in confidence),
         scored_fields=sorted(scored) if scored else None,
     )
+
+
+def roc_auc(pairs: list[tuple[float, bool]]) -> float | None:
+    """P(a right value's confidence > a wrong one's), ties counting half: the ROC curve's area."""
+    right = sorted(c for c, ok in pairs if ok)
+    wrong = sorted(c for c, ok in pairs if not ok)
+    if not right or not wrong:
+        return None
+    import bisect
+
+    wins = sum(
+        bisect.bisect_left(wrong, c) + 0.5 * (bisect.bisect_right(wrong, c) - bisect.bisect_left(wrong, c))
+        for c in right
+    )
+    return round(wins / (len(right) * len(wrong)), 4)
 
 
 def _separation(pairs: list[tuple[float, bool]]) -> list[ConfidenceRow]:
