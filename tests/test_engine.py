@@ -306,3 +306,32 @@ def test_cpu_plan_is_float32_without_bitsandbytes():
 
     plan = plan_load(device="cpu")
     assert (plan.device, plan.dtype, plan.quant, plan.quantization_config) == ("cpu", torch.float32, "none", None)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_streamed_text_is_the_whole_decode_with_constant_work(tiny_model, fast):
+    """Pieces join to exactly the full decode; each token decodes a bounded window, not the whole row."""
+    from transformers import AutoTokenizer
+
+    from glmv_cli.engine.local import _TextFeed
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    text = '{"vendor":"Zürich Café € 12,50 — 日本","n":12}' * 20
+    ids = tok.encode(text, add_special_tokens=False)
+    lengths = []
+    real_decode = tok.decode
+
+    def counting(token_ids, **kwargs):
+        lengths.append(len(token_ids))
+        return real_decode(token_ids, **kwargs)
+
+    pieces: list[str] = []
+    feed = _TextFeed(tok, set(), pieces.append, thinking=False)
+    if not fast:
+        feed.stream = None  # the fallback for tokenizers without DecodeStream
+        tok.decode = counting
+    for token in ids:
+        feed(token)
+    feed.end()
+    assert "".join(pieces) == real_decode(ids, skip_special_tokens=False)
+    assert max(lengths, default=0) <= _TextFeed.WINDOW + 4  # plus a character still arriving (<= 4 bytes)

@@ -476,3 +476,19 @@ def test_keys_are_checked_and_read(tmp_path):
     keys = tmp_path / "keys"
     keys.write_text("# team keys\none\n\ntwo\n")
     assert read_keys(["zero"], keys, "three, four five") == ["zero", "one", "two", "three", "four", "five"]
+
+
+def test_rate_limiter_drops_buckets_once_full_and_idle():
+    """An open server keys buckets by client address: refilled ones go, so the table stays bounded."""
+    now = [0.0]
+    limiter = RateLimiter(60, clock=lambda: now[0])  # one token a second
+    for i in range(3000):
+        limiter.acquire(f"10.0.{i // 256}.{i % 256}")
+        now[0] += 0.01  # 30 s for all 3,000
+    assert len(limiter) < 3000  # sweeps ran as the table grew
+    limiter.acquire("busy")
+    assert limiter.acquire("busy") == 0.0  # a bucket in use keeps its state...
+    now[0] += 120  # ...and two idle minutes refill every bucket
+    for i in range(limiter.SWEEP_MIN):
+        limiter.acquire(f"new-{i}")
+    assert len(limiter) <= limiter.SWEEP_MIN + 1  # the old addresses were dropped

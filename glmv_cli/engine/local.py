@@ -32,24 +32,48 @@ _MODELS_LOCK = threading.Lock()
 
 
 class _TextFeed:
-    """Decodes one row's tokens incrementally and hands answer text to a callback."""
+    """Decodes one row's tokens incrementally and hands answer text to a callback.
+
+    Constant work per token: a fast tokenizer's DecodeStream keeps only the few tokens a character
+    or a merge may still span (decoding the whole row again at every token made streaming grow with
+    the square of the answer); other tokenizers decode a short window the same way.
+    """
+
+    WINDOW = 8  # tokens of context kept for tokenizers without DecodeStream
 
     def __init__(self, tokenizer: Any, stop_ids: set[int], on_text: Callable[[str], None], thinking: bool):
         self.tokenizer, self.stop_ids, self.on_text = tokenizer, stop_ids, on_text
         self.filter = AnswerFilter(thinking=thinking)
-        self.ids: list[int] = []
-        self.emitted = 0
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self.stream = None
+        if backend is not None:
+            from tokenizers.decoders import DecodeStream
+
+            self.backend, self.stream = backend, DecodeStream(skip_special_tokens=False)
+        self.ids: list[int] = []  # without DecodeStream: the window, then the tokens not yet shown
+        self.shown = 0  # of self.ids, those whose text is out
 
     def __call__(self, token: int) -> None:
         if token in self.stop_ids:
             return
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
-        if text.endswith("\ufffd"):
-            return  # a multi-byte character is still arriving
-        piece, self.emitted = text[self.emitted :], len(text)
-        if out := self.filter.feed(piece):
+        if self.stream is not None:
+            piece = self.stream.step(self.backend, token)
+        else:
+            piece = self._window_step(token)
+        if piece and (out := self.filter.feed(piece)):
             self.on_text(out)
+
+    def _window_step(self, token: int) -> str | None:
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
+        before = decode(self.ids[: self.shown])
+        self.ids.append(token)
+        text = decode(self.ids)
+        if text.endswith("\ufffd"):
+            return None  # a multi-byte character is still arriving
+        piece = text[len(before) :]
+        keep = max(0, len(self.ids) - self.WINDOW)
+        self.ids, self.shown = self.ids[keep:], len(self.ids) - keep
+        return piece
 
     def end(self) -> None:
         if out := self.filter.flush():

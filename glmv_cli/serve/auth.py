@@ -63,6 +63,12 @@ class RateLimiter:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, last refill time)
         self._lock = threading.Lock()
+        self._sweep_at = self.SWEEP_MIN  # sweep when this many buckets are held
+
+    SWEEP_MIN = 1024
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def acquire(self, client: str) -> float:
         """Take one token: 0.0 if allowed, else the seconds until one is available (for Retry-After)."""
@@ -72,11 +78,23 @@ class RateLimiter:
             now = self._clock()
             tokens, last = self._buckets.get(client, (float(self.per_minute), now))
             tokens = min(float(self.per_minute), tokens + (now - last) * self.rate)
+            if len(self._buckets) >= self._sweep_at:
+                self._sweep(now)
             if tokens >= 1.0:
                 self._buckets[client] = (tokens - 1.0, now)
                 return 0.0
             self._buckets[client] = (tokens, now)
             return (1.0 - tokens) / self.rate
+
+    def _sweep(self, now: float) -> None:
+        """Drop the buckets that have refilled: a full bucket is what a new client gets anyway.
+
+        Amortised: the next sweep waits until the table has doubled, so an open server keyed by client
+        address holds about the clients of the last minute, not every address it ever saw.
+        """
+        full = float(self.per_minute)
+        self._buckets = {c: (t, last) for c, (t, last) in self._buckets.items() if t + (now - last) * self.rate < full}
+        self._sweep_at = max(self.SWEEP_MIN, 2 * len(self._buckets))
 
     @staticmethod
     def retry_after(wait_s: float) -> str:
