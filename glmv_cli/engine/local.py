@@ -56,10 +56,7 @@ class _TextFeed:
     def __call__(self, token: int) -> None:
         if token in self.stop_ids:
             return
-        if self.stream is not None:
-            piece = self.stream.step(self.backend, token)
-        else:
-            piece = self._window_step(token)
+        piece = self.stream.step(self.backend, token) if self.stream is not None else self._window_step(token)
         if piece and (out := self.filter.feed(piece)):
             self.on_text(out)
 
