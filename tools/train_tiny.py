@@ -1,0 +1,515 @@
+"""Train the tiny GLM-4.6V-architecture checkpoint that answers: it reads values, writes glmv's JSON, and stops.
+
+Same architecture and processor as the random tiny (glmv_cli/engine/tiny.py): Glm4vForConditionalGeneration,
+GLM's special tokens, the same chat template, attention heads of 64 (vLLM's CPU build serves it). What
+differs is what makes it learnable on two cores in under an hour:
+- a BPE tokenizer whose pre-tokenizer isolates every digit, space and punctuation mark, so a value is the
+  same token sequence in the document's text and in the JSON answer (copying is token-for-token);
+- a wider, deeper text model (4 layers of 128), stored in bfloat16 (under 4 MiB);
+- a curriculum: short, image-free prompts first (the copying skill), then glmv's full prompts with page images.
+
+Every example is what glmv sends: SYSTEM plus build_prompt for the built-in schemas and a few inline ones,
+with and without the text-layer hint (the PDF's text as pdfium gives it), and `glmv ask` questions.
+
+    python tools/train_tiny.py models/glmv-tiny-trained      # `make train-tiny`; about 50 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+import synth_docs as S  # noqa: E402
+
+SEED = 0
+HIDDEN, LAYERS, INTERMEDIATE, VOCAB_TARGET = 128, 4, 384, 2048
+MAX_VISUAL_TOKENS = 144  # the processor's cap for this checkpoint: pages stay cheap on CPU
+LONGEST_EDGE = 28 * 28 * 2 * MAX_VISUAL_TOKENS
+END = "<|user|>"  # GLM ends a turn by opening the next one; one of the checkpoint's EOS ids
+DEFAULTS = {
+    "docs": 4000,
+    "steps": 6000,
+    "batch_tokens": 6000,
+    "lr": 3e-3,
+    "warmup": 100,
+    "copy_until": 0.12,
+    "short_until": 0.33,
+}
+RECIPE_FILES = ["tools/train_tiny.py", "tools/synth_docs.py", "samples/make_samples.py"]
+SCHEMAS = ("invoice", "receipt", "screenshot", "document")
+
+
+# --- recipe hash -------------------------------------------------------------------------------
+
+
+def rendered_prompts() -> list[str]:
+    """Everything glmv shows the model that training depends on, rendered (prompt wording, schemas, template)."""
+    from glmv_cli.engine.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS
+    from glmv_cli.extraction.prompt import SYSTEM, build_prompt, question_prompt
+    from glmv_cli.extraction.schemas import resolve_schema
+
+    out = [CHAT_TEMPLATE, json.dumps(SPECIAL_TOKENS), SYSTEM, question_prompt("Q?", "HINT")]
+    for spec in [*SCHEMAS, *(s for s, _, _ in S.INLINE)]:
+        schema = resolve_schema(spec)
+        out += [build_prompt(schema), build_prompt(schema, text_hint="HINT"), json.dumps(schema.json_schema())]
+    return out
+
+
+def recipe_hash() -> str:
+    """The recipe: this script, the document generator, and every prompt the model learns from."""
+    h = hashlib.sha256()
+    for name in RECIPE_FILES:
+        h.update((ROOT / name).read_bytes())
+    for text in rendered_prompts():
+        h.update(text.encode())
+    h.update(json.dumps(DEFAULTS, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+# --- tokenizer, config -------------------------------------------------------------------------
+
+
+def build_tokenizer(out: Path, corpus: list[str]) -> Any:
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from glmv_cli.engine.tiny import CHAT_TEMPLATE, NON_SPECIAL, SPECIAL_TOKENS
+
+    tok = Tokenizer(models.BPE())
+    # Every whitespace character, digit and punctuation mark is its own piece: "Acme" is the same
+    # tokens after a quote as after a space, and a number is copied digit by digit.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\s|\d|[^\w\s]"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_TARGET,
+        min_frequency=2,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+    specials = [AddedToken(t, special=t not in NON_SPECIAL, normalized=False) for t in SPECIAL_TOKENS]
+    fast.add_special_tokens({"additional_special_tokens": specials})
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out)
+    return fast
+
+
+def model_config(ids: dict[str, int], vocab: int) -> Any:
+    from transformers import Glm4vConfig
+
+    from glmv_cli.engine.tiny import HEAD_DIM, MAX_POSITIONS, TEST_VISION
+
+    heads = HIDDEN // HEAD_DIM
+    eos = [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]]
+    return Glm4vConfig(
+        text_config={
+            "vocab_size": vocab,
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": LAYERS,
+            "num_attention_heads": heads,
+            "num_key_value_heads": heads,
+            "max_position_embeddings": MAX_POSITIONS,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.5,
+                "mrope_section": [8, 4, 4],
+            },
+            "pad_token_id": ids["<|endoftext|>"],
+            "eos_token_id": eos,
+        },
+        vision_config={
+            **TEST_VISION,
+            "intermediate_size": 128,
+            "out_hidden_size": HIDDEN,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "image_size": 336,
+            "rope_parameters": {"rope_type": "axial", "rope_theta": 10000.0},
+        },
+        image_token_id=ids["<|image|>"],
+        video_token_id=ids["<|video|>"],
+        image_start_token_id=ids["<|begin_of_image|>"],
+        image_end_token_id=ids["<|end_of_image|>"],
+        video_start_token_id=ids["<|begin_of_video|>"],
+        video_end_token_id=ids["<|end_of_video|>"],
+    )
+
+
+def write_processor_files(out: Path) -> None:
+    from glmv_cli.engine.tiny import SHORTEST_EDGE
+
+    pre = {
+        "image_processor_type": "Glm46VImageProcessor",
+        "processor_class": "Glm46VProcessor",
+        "do_resize": True,
+        "do_rescale": True,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "size": {"shortest_edge": SHORTEST_EDGE, "longest_edge": LONGEST_EDGE},
+    }
+    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+    (out / "processor_config.json").write_text(json.dumps({"processor_class": "Glm46VProcessor"}, indent=2))
+
+
+# --- examples ----------------------------------------------------------------------------------
+
+
+class Example:
+    __slots__ = ("input_ids", "answer_start", "doc", "kind")
+
+    def __init__(self, input_ids: list[int], answer_start: int, doc: int | None, kind: str):
+        self.input_ids, self.answer_start, self.doc, self.kind = input_ids, answer_start, doc, kind
+
+
+def draw_docs(seed: int, n: int) -> list[dict[str, Any]]:
+    """n documents, each with its text layer as glmv reads it (a real PDF through pdfium) and a page image."""
+    import pypdfium2 as pdfium
+
+    from glmv_cli.inputs.pdf import _text
+
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n):
+        doc = S.draw(rng)
+        pdf = pdfium.PdfDocument(doc.pdf_bytes())
+        text = _text(pdf[0])
+        pdf.close()
+        docs.append({"doc": doc, "text": text, "scale": rng.uniform(0.5, 1.2)})
+    return docs
+
+
+def tasks_for(doc: S.SynthDoc, rng: random.Random) -> list[tuple[str, str, str]]:
+    """(kind, prompt spec, answer) triples for one document: its own schema, document, inline, a question."""
+    out = [("extract", doc.kind, S.dump_answer(S.target(doc, doc.kind)))]
+    if rng.random() < 0.35:
+        out.append(("extract", "document", S.dump_answer(S.target(doc, "document"))))
+    inline = [s for s, kinds, _ in S.INLINE if doc.kind in kinds]
+    if inline:
+        spec = rng.choice(inline)
+        out.append(("extract", spec, S.dump_answer(S.target(doc, spec))))
+    questions = [(q, f) for k, q, f in S.QUESTIONS if k == doc.kind]
+    q, fact = rng.choice(questions)
+    out.append(("ask", q, S.ask_answer(doc, fact)))
+    return out
+
+
+def encode(processor: Any, tokenizer: Any, spec: str, task: str, hint: str | None, image: Any, answer: str):
+    """input_ids (prompt + answer + END), the answer's start, and the processor's image tensors."""
+    from glmv_cli.extraction.prompt import SYSTEM, build_prompt, question_prompt
+    from glmv_cli.extraction.schemas import resolve_schema
+
+    messages = []
+    if task == "extract":
+        prompt = build_prompt(resolve_schema(spec), text_hint=hint)
+        messages.append({"role": "system", "content": [{"type": "text", "text": SYSTEM}]})
+    else:
+        prompt = question_prompt(spec, hint)
+    content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": prompt}]
+    messages.append({"role": "user", "content": content})
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, enable_thinking=False)
+    kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
+    if image is not None:
+        kwargs["images"] = [[image]]
+    enc = processor(**kwargs)
+    ids = enc["input_ids"][0].tolist()
+    answer_ids = tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.convert_tokens_to_ids(END)]
+    images = (enc["pixel_values"], enc["image_grid_thw"]) if image is not None else None
+    return ids + answer_ids, len(ids), images
+
+
+def _chat(processor: Any, prompt: str) -> str:
+    messages = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, enable_thinking=False)
+
+
+def _with_answer(processor: Any, tokenizer: Any, text: str, answer: str) -> tuple[list[int], int]:
+    ids = processor(text=[text], return_tensors="pt")["input_ids"][0].tolist()
+    answer_ids = tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.convert_tokens_to_ids(END)]
+    return ids + answer_ids, len(ids)
+
+
+def encode_short(processor: Any, tokenizer: Any, spec: str, task: str, hint: str, answer: str):
+    """The curriculum's short form: the text layer and a one-line instruction, no system prompt, no image."""
+    head = f"Extract the {spec} fields." if task == "extract" else spec
+    return _with_answer(processor, tokenizer, _chat(processor, f"<<<\n{hint}\n>>>\n{head}"), answer)
+
+
+def encode_copy(processor: Any, tokenizer: Any, text: str, rng: random.Random):
+    """Repeat a few lines of a text layer: the pure copying task that grows induction heads first."""
+    lines = text.splitlines()
+    a = rng.randrange(len(lines))
+    piece = "\n".join(lines[a : a + rng.randint(2, 6)])
+    return _with_answer(processor, tokenizer, _chat(processor, f"<<<\n{piece}\n>>>\nRepeat the text."), piece)
+
+
+def pick_pool(progress: float, args: argparse.Namespace, rng: random.Random) -> str:
+    """copy first (until its loss is low, about 700 steps), then short prompts, then glmv's full prompts,
+    each phase keeping a share of the earlier ones."""
+    if progress < args.copy_until:
+        return "copy"
+    if progress < args.short_until:
+        return rng.choices(["copy", "short"], [0.2, 0.8])[0]
+    return rng.choices(["copy", "short", "full"], [0.1, 0.2, 0.7])[0]
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def batches(examples: list[Example], batch_tokens: int, rng: random.Random) -> list[list[Example]]:
+    """Length-bucketed batches of about batch_tokens (padded) tokens, in random order."""
+    order = sorted(range(len(examples)), key=lambda i: (len(examples[i].input_ids), rng.random()))
+    out, cur, longest = [], [], 0
+    for i in order:
+        n = len(examples[i].input_ids)
+        if cur and max(longest, n) * (len(cur) + 1) > batch_tokens:
+            out.append(cur)
+            cur, longest = [], 0
+        cur.append(examples[i])
+        longest = max(longest, n)
+    if cur:
+        out.append(cur)
+    rng.shuffle(out)
+    return out
+
+
+def step_loss(model: Any, batch: list[Example], images: dict[int, Any], pad: int, image_id: int) -> tuple[Any, int]:
+    import torch
+
+    n = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), n), dtype=torch.long)
+    labels = torch.full((len(batch), n), -100, dtype=torch.long)
+    pix, grids = [], []
+    for r, e in enumerate(batch):
+        k = len(e.input_ids)
+        ids[r, :k] = torch.tensor(e.input_ids)
+        mask[r, :k] = 1
+        labels[r, e.answer_start : k] = ids[r, e.answer_start : k]
+        if e.doc is not None:
+            p, g = images[e.doc]
+            pix.append(p.float())
+            grids.append(g)
+    kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+    if pix:
+        kwargs["pixel_values"] = torch.cat(pix)
+        kwargs["image_grid_thw"] = torch.cat(grids)
+        kwargs["mm_token_type_ids"] = (ids == image_id).long()
+    hidden = model.model(**kwargs).last_hidden_state
+    # Only answer positions predict: the LM head runs on them alone.
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = model.lm_head(hidden[:, :-1][keep])
+    loss = torch.nn.functional.cross_entropy(logits.float(), target[keep])
+    return loss, int(keep.sum())
+
+
+def greedy_answer(model: Any, ex: Example, images: dict[int, Any], tokenizer: Any, limit: int = 400) -> str:
+    image_id = tokenizer.convert_tokens_to_ids("<|image|>")
+    """Plain greedy decoding (no grammar) of one example's answer: a quick check during training."""
+    import torch
+
+    ids = torch.tensor([ex.input_ids[: ex.answer_start]])
+    kwargs: dict[str, Any] = {}
+    if ex.doc is not None:
+        p, g = images[ex.doc]
+        kwargs = {"pixel_values": p.float(), "image_grid_thw": g, "mm_token_type_ids": (ids == image_id).long()}
+    out = model.generate(
+        input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=limit, do_sample=False, **kwargs
+    )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def train(out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from transformers import AutoTokenizer, Glm4vForConditionalGeneration
+
+    from glmv_cli.engine.loader import load_processor
+    from glmv_cli.engine.tiny import SPECIAL_TOKENS
+    from glmv_cli.extraction.prompt import SYSTEM, build_prompt
+
+    started = time.time()
+    torch.manual_seed(SEED)
+    rng = random.Random(SEED)
+    out.mkdir(parents=True, exist_ok=True)
+    docs = draw_docs(SEED, args.docs)
+    log(f"{len(docs)} documents drawn in {time.time() - started:.0f} s")
+
+    from glmv_cli.extraction.schemas import resolve_schema
+
+    corpus = [SYSTEM] * 50
+    for spec in [*SCHEMAS, *(s for s, _, _ in S.INLINE)]:
+        corpus += [build_prompt(resolve_schema(spec))] * 20
+    for d in docs:
+        corpus += [d["text"] or "", S.dump_answer(S.target(d["doc"], d["doc"].kind))]
+    corpus += [q for _, q, _ in S.QUESTIONS] * 10
+    tokenizer = build_tokenizer(out, corpus)
+    write_processor_files(out)
+    processor, _ = load_processor(str(out), None)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    vocab = (len(tokenizer) // 64 + 2) * 64
+
+    # Three pools, one curriculum. copy: repeat a stretch of a text layer (induction heads: copying token for
+    # token). short: a one-line instruction and the text layer, no image (finding a field's value and copying
+    # it). full: glmv's real prompts, page image included, with the text layer (80%) or from pixels only.
+    images: dict[int, Any] = {}
+    pools: dict[str, list[Example]] = {"copy": [], "short": [], "full": []}
+    for i, d in enumerate(docs):
+        doc: S.SynthDoc = d["doc"]
+        image = doc.image(d["scale"])
+        hinted = rng.random() < 0.8 and d["text"]
+        for task, spec, answer in tasks_for(doc, rng):
+            hint = d["text"] if hinted else None
+            seq, start, img = encode(processor, tokenizer, spec, task, hint, image, answer)
+            if img is not None and i not in images:
+                images[i] = (img[0].to(torch.bfloat16), img[1])
+            pools["full"].append(Example(seq, start, i, task))
+            if d["text"]:
+                seq, start = encode_short(processor, tokenizer, spec, task, d["text"], answer)
+                pools["short"].append(Example(seq, start, None, task))
+        if d["text"]:
+            for _ in range(2):
+                seq, start = encode_copy(processor, tokenizer, d["text"], rng)
+                pools["copy"].append(Example(seq, start, None, "copy"))
+    held = pools["full"][-40:]
+    pools["full"] = pools["full"][:-40]
+    for name, pool in pools.items():
+        lens = sorted(len(e.input_ids) for e in pool)
+        log(f"{name}: {len(pool)} examples, median {lens[len(lens) // 2]} tokens, max {lens[-1]}")
+    log(f"vocab {len(tokenizer)}; prepared in {time.time() - started:.0f} s")
+
+    model = Glm4vForConditionalGeneration(model_config(ids, vocab))
+    params = sum(p.numel() for p in model.parameters())
+    log(f"{params / 1e6:.2f}M parameters")
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    pad = ids["<|endoftext|>"]
+    queues: dict[str, list[list[Example]]] = {name: [] for name in pools}
+    step, seen, losses = 0, 0, []
+    model.train()
+    while step < args.steps:
+        name = pick_pool(step / args.steps, args, rng)
+        if not queues[name]:
+            queues[name] = batches(pools[name], args.batch_tokens, rng)
+        batch = queues[name].pop()
+        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss, n = step_loss(model, batch, images, pad, ids["<|image|>"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append((name, loss.item()))
+        seen += len(batch)
+        step += 1
+        if step % 50 == 0 or step == args.steps:
+            recent = {}
+            for k, v in losses[-100:]:
+                recent.setdefault(k, []).append(v)
+            parts = " ".join(f"{k} {sum(v) / len(v):.3f}" for k, v in sorted(recent.items()))
+            log(f"step {step} loss {parts} lr {lr:.5f} seen {seen} t {time.time() - started:.0f}s")
+        if step % 1000 == 0 and step < args.steps:
+            save(model, out, ids)  # a checkpoint to measure while training goes on
+        if args.probe and step % args.probe == 0:
+            model.eval()
+            with torch.no_grad():
+                for ex in held[:3]:
+                    got = greedy_answer(model, ex, images, tokenizer)
+                    want = tokenizer.decode(ex.input_ids[ex.answer_start :], skip_special_tokens=True)
+                    log(f"  want {want[:150]}\n  got  {got[:150]}")
+            model.train()
+
+    model.eval()
+    save(model, out, ids)
+    AutoTokenizer.from_pretrained(out)  # loads back
+    return {
+        "recipe": recipe_hash(),
+        "seed": SEED,
+        "steps": args.steps,
+        "examples_seen": seen,
+        "documents": args.docs,
+        "parameters": params,
+        "final_loss": round(
+            sum(v for k, v in losses[-200:] if k == "full") / max(1, sum(k == "full" for k, _ in losses[-200:])), 4
+        ),
+        "train_seconds": round(time.time() - started),
+        "settings": {k: getattr(args, k) for k in DEFAULTS},
+    }
+
+
+def save(model: Any, out: Path, ids: dict[str, int]) -> None:
+    """The checkpoint as glmv loads it: weights in bfloat16 (under 4 MiB), the vendor's generation defaults."""
+    import copy
+
+    import torch
+    from transformers import GenerationConfig
+
+    export = copy.deepcopy(model).to(torch.bfloat16).eval()
+    export.generation_config = GenerationConfig(
+        eos_token_id=[ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]],
+        pad_token_id=ids["<|endoftext|>"],
+        do_sample=True,  # the vendor's chat defaults, as the real checkpoint ships them; glmv decodes greedily
+        temperature=0.8,
+        top_p=0.6,
+        top_k=2,
+    )
+    export.save_pretrained(out)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python tools/train_tiny.py", description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, nargs="?", default=ROOT / "models" / "glmv-tiny-trained")
+    for key, value in DEFAULTS.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
+    parser.add_argument("--probe", type=int, default=0, help="greedy-decode 3 held examples every N steps")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    manifest = train(args.out, args)
+    path = args.out / "manifest.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    old.update(manifest)
+    path.write_text(json.dumps(old, indent=2) + "\n")
+    log(json.dumps(manifest, indent=2))
+
+
+if __name__ == "__main__":
+    main()
