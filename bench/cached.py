@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from bench.common import GLMV, TINY, WORK, cli_env, emit, noise_images, run_measured
+from bench.common import CHECKPOINT, GLMV, WORK, cli_env, emit, noise_images, run_measured
 
 DOCS = 1000
 SCHEMA = "vendor, total float"
@@ -18,7 +18,7 @@ TIMED_RUNS = 2
 def main() -> None:
     folder = WORK / "cached-1000"
     noise_images(folder, DOCS, (200, 100), seed=1)
-    env = cli_env(GLMV_CACHE_DIR=str(WORK / "cache"), GLMV_MODEL=str(TINY))
+    env = cli_env(GLMV_CACHE_DIR=str(WORK / "cache"), GLMV_MODEL=str(CHECKPOINT))
     stats = WORK / "cached-stats.json"
     cmd = [GLMV, "extract", str(folder), "--schema", SCHEMA, "--max-tokens", "64", "-q", "--stats-json", str(stats)]
 

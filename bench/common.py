@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "build" / "tiny-glm4v"
+# Every row runs on the trained tiny checkpoint (models/glmv-tiny-trained): it answers and stops, so valid
+# answers are real ones. The real-size memory step (rss_scale) uses the random tiny with the real image cap.
+CHECKPOINT = ROOT / "models" / "glmv-tiny-trained"
 WORK = ROOT / "build" / "bench"  # every generated input and cache lives here (ignored by git)
 IMAGES = WORK / "images"
 CORPUS = [ROOT.parent / "shared" / "corpus" / "invoices", ROOT.parent / "shared" / "corpus" / "receipts"]

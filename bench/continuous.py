@@ -22,7 +22,7 @@ import json
 import time
 from itertools import groupby
 
-from bench.common import TINY
+from bench.common import CHECKPOINT
 
 
 def requests(n: int) -> list:
@@ -75,7 +75,7 @@ def main() -> None:
 
     from glmv_cli.engine.local import LocalBackend
 
-    backend = LocalBackend(str(TINY), device=args.device, batch_size=args.batch)
+    backend = LocalBackend(str(CHECKPOINT), device=args.device, batch_size=args.batch)
     reqs = requests(args.docs)
     batches = [reqs[i : i + args.batch] for i in range(0, len(reqs), args.batch)]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from bench.common import MAX_NEW_TOKENS, ROUNDS, SCHEMA, TINY, bench_images, emit, round_figures
+from bench.common import CHECKPOINT, MAX_NEW_TOKENS, ROUNDS, SCHEMA, bench_images, emit, round_figures
 
 
 def main(batch: str) -> None:
@@ -19,7 +19,7 @@ def main(batch: str) -> None:
     from glmv_cli.extraction.pipeline import ExtractOptions, Extractor
     from glmv_cli.extraction.schemas import resolve_schema
 
-    backend = create_backend(str(TINY), batch_size=None if batch == "default" else int(batch))
+    backend = create_backend(str(CHECKPOINT), batch_size=None if batch == "default" else int(batch))
     backend.real.loaded  # noqa: B018 - load the weights now, outside the timed rounds
     load_s = time.perf_counter() - started
     batch_size = backend.default_batch_size()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from bench.common import MAX_NEW_TOKENS, ROUNDS, SCHEMA, TINY, bench_images, emit
+from bench.common import CHECKPOINT, MAX_NEW_TOKENS, ROUNDS, SCHEMA, bench_images, emit
 
 N_IMAGES = 8
 
@@ -39,7 +39,7 @@ def main() -> None:
 
     StepProcessor.__call__ = timed
 
-    backend = create_backend(str(TINY), batch_size=1).real
+    backend = create_backend(str(CHECKPOINT), batch_size=1).real
     schema = resolve_schema(SCHEMA)
     json_schema = constraint_schema(schema.json_schema())
     setup_s = backend.prepare_schema(json_schema)  # llguidance tokenizer wrapper + this schema's grammar

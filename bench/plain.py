@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 from bench.common import (
+    CHECKPOINT,
     GREEDY,
     MAX_NEW_TOKENS,
     ROUNDS,
     SCHEMA,
-    TINY,
     bench_images,
     emit,
     glmv_prompt_text,
@@ -28,8 +28,8 @@ def main() -> None:
     from glmv_cli.extraction.parse import validate
     from glmv_cli.extraction.schemas import resolve_schema
 
-    processor, _ = load_processor(str(TINY), None)
-    model = AutoModelForImageTextToText.from_pretrained(str(TINY)).eval()
+    processor, _ = load_processor(str(CHECKPOINT), None)
+    model = AutoModelForImageTextToText.from_pretrained(str(CHECKPOINT), dtype=torch.float32).eval()  # as glmv on CPU
     load_s = time.perf_counter() - started
 
     schema = resolve_schema(SCHEMA)

@@ -93,8 +93,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    if not (common.TINY / "config.json").is_file():
-        print(f"bench: {common.TINY} is missing: run `make tiny` first", file=sys.stderr)
+    if not (common.CHECKPOINT / "config.json").is_file():
+        print(
+            f"bench: {common.CHECKPOINT} is missing: check out the repository whole (models/ is committed)",
+            file=sys.stderr,
+        )
         return 2
     # Every step is a subprocess: it reads the run's size from the environment (see bench/common.py).
     os.environ["GLMV_BENCH_DOCS"], os.environ["GLMV_BENCH_ROUNDS"] = str(args.docs), str(args.rounds)
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_new_tokens": common.MAX_NEW_TOKENS,
             "rounds": common.ROUNDS,
             "schema": common.SCHEMA,
-            "checkpoint": str(common.TINY.relative_to(common.ROOT)),
+            "checkpoint": str(common.CHECKPOINT.relative_to(common.ROOT)),
             "steps": args.steps,
         },
         "results": results,

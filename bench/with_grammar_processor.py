@@ -14,11 +14,11 @@ import time
 from typing import Any
 
 from bench.common import (
+    CHECKPOINT,
     GREEDY,
     MAX_NEW_TOKENS,
     ROUNDS,
     SCHEMA,
-    TINY,
     bench_images,
     emit,
     glmv_prompt_text,
@@ -73,9 +73,9 @@ def main() -> None:
     from glmv_cli.extraction.parse import validate
     from glmv_cli.extraction.schemas import resolve_schema
 
-    processor, _ = load_processor(str(TINY), None)
+    processor, _ = load_processor(str(CHECKPOINT), None)
     processor.tokenizer.padding_side = "left"
-    model = AutoModelForImageTextToText.from_pretrained(str(TINY)).eval()
+    model = AutoModelForImageTextToText.from_pretrained(str(CHECKPOINT), dtype=torch.float32).eval()  # as glmv on CPU
     load_s = time.perf_counter() - started
 
     schema = resolve_schema(SCHEMA)

@@ -15,11 +15,11 @@ import sys
 import time
 
 from bench.common import (
+    CHECKPOINT,
     GREEDY,
     MAX_NEW_TOKENS,
     ROUNDS,
     SCHEMA,
-    TINY,
     bench_images,
     emit,
     glmv_prompt_text,
@@ -30,6 +30,7 @@ from bench.common import (
 def main(variant: str) -> None:
     started = time.perf_counter()
     import outlines
+    import torch
     from outlines.inputs import Image as OutlinesImage
     from outlines.types import JsonSchema
     from PIL import Image
@@ -41,8 +42,8 @@ def main(variant: str) -> None:
     from glmv_cli.extraction.parse import validate
     from glmv_cli.extraction.schemas import resolve_schema
 
-    processor, _ = load_processor(str(TINY), None)
-    model = AutoModelForImageTextToText.from_pretrained(str(TINY)).eval()
+    processor, _ = load_processor(str(CHECKPOINT), None)
+    model = AutoModelForImageTextToText.from_pretrained(str(CHECKPOINT), dtype=torch.float32).eval()  # as glmv on CPU
     load_s = time.perf_counter() - started
     name = "outlines" if variant == "pydantic" else "outlines strict"
     result: dict = {"name": name, "load_s": round(load_s, 3)}

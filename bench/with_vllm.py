@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.common import MAX_NEW_TOKENS, ROUNDS, SCHEMA, TINY, WORK, bench_images, emit, round_figures
+from bench.common import CHECKPOINT, MAX_NEW_TOKENS, ROUNDS, SCHEMA, WORK, bench_images, emit, round_figures
 from bench.vllm_server import HEALTH_TIMEOUT_S, STRUCTURED_BACKEND, Server, available, free_port
 
 SERVED_NAME = "glmv-tiny"
@@ -152,7 +152,7 @@ def main() -> None:
     result: dict[str, Any] = {"name": name, "backend": f"vllm {BACKEND}"}
     also: dict[str, Any] = {}
     started = time.perf_counter()
-    server = Server(TINY, free_port(), LOG, SERVED_NAME)
+    server = Server(CHECKPOINT, free_port(), LOG, SERVED_NAME)
     rss = TreeRss(server.proc.pid)
     try:
         server.wait_healthy(HEALTH_TIMEOUT_S)
