@@ -4,6 +4,7 @@ runs in a thread of the test (no mocks of the backend), and `glmv` runs in subpr
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -212,11 +213,12 @@ def test_length_is_closed_early_and_missing_logprobs_stay_none(server):
 
 
 def test_a_batch_is_sent_concurrently(server):
+    four = threading.Barrier(4)
+
     def together(body: dict[str, Any]) -> None:
-        """Hold each request until four have been in flight at once (sent one at a time, they never are)."""
-        deadline = time.monotonic() + 3  # under the client's 5 s request timeout
-        while server.peak < 4 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        """Hold each request until four are in flight at once (sent one at a time, they never are)."""
+        with contextlib.suppress(threading.BrokenBarrierError):
+            four.wait(3)  # under the client's 5 s request timeout; a broken barrier fails the peak check
 
     server.script = [together] * 8
     remote = backend(server.url, concurrency=8)
