@@ -118,68 +118,15 @@ def build_tokenizer(out: Path, corpus: list[str]) -> Any:
 
 
 def model_config(ids: dict[str, int], vocab: int) -> Any:
-    from transformers import Glm4vConfig
+    from glmv_cli.engine.tiny import TEST_VISION, glm4v_config
 
-    from glmv_cli.engine.tiny import HEAD_DIM, MAX_POSITIONS, TEST_VISION
-
-    heads = HIDDEN // HEAD_DIM
-    eos = [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]]
-    return Glm4vConfig(
-        text_config={
-            "vocab_size": vocab,
-            "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE,
-            "num_hidden_layers": LAYERS,
-            "num_attention_heads": heads,
-            "num_key_value_heads": heads,
-            "max_position_embeddings": MAX_POSITIONS,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "partial_rotary_factor": 0.5,
-                "mrope_section": [8, 4, 4],
-            },
-            "pad_token_id": ids["<|endoftext|>"],
-            "eos_token_id": eos,
-        },
-        vision_config={
-            **TEST_VISION,
-            "intermediate_size": 128,
-            "out_hidden_size": HIDDEN,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "image_size": 336,
-            "rope_parameters": {"rope_type": "axial", "rope_theta": 10000.0},
-        },
-        image_token_id=ids["<|image|>"],
-        video_token_id=ids["<|video|>"],
-        image_start_token_id=ids["<|begin_of_image|>"],
-        image_end_token_id=ids["<|end_of_image|>"],
-        video_start_token_id=ids["<|begin_of_video|>"],
-        video_end_token_id=ids["<|end_of_video|>"],
-    )
+    return glm4v_config(ids, vocab, TEST_VISION, hidden=HIDDEN, layers=LAYERS, intermediate=INTERMEDIATE)
 
 
 def write_processor_files(out: Path) -> None:
-    from glmv_cli.engine.tiny import SHORTEST_EDGE
+    from glmv_cli.engine import tiny
 
-    pre = {
-        "image_processor_type": "Glm46VImageProcessor",
-        "processor_class": "Glm46VProcessor",
-        "do_resize": True,
-        "do_rescale": True,
-        "do_normalize": True,
-        "do_convert_rgb": True,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711],
-        "patch_size": 14,
-        "temporal_patch_size": 2,
-        "merge_size": 2,
-        "size": {"shortest_edge": SHORTEST_EDGE, "longest_edge": LONGEST_EDGE},
-    }
-    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
-    (out / "processor_config.json").write_text(json.dumps({"processor_class": "Glm46VProcessor"}, indent=2))
+    tiny.write_processor_files(out, LONGEST_EDGE)
 
 
 # --- examples ----------------------------------------------------------------------------------

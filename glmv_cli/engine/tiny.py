@@ -378,18 +378,28 @@ def _build_tokenizer(out: Path) -> int:
     return len(fast)
 
 
-def _config(ids: dict[str, int], vocab: int, vision: dict[str, int]) -> Any:
-    """The checkpoint's Glm4vConfig: GLM-4.6V's layout at a tiny width, with the given vision tower size."""
+def glm4v_config(
+    ids: dict[str, int],
+    vocab: int,
+    vision: dict[str, int],
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    intermediate: int = 128,
+) -> Any:
+    """A Glm4vConfig: GLM-4.6V's layout at a tiny width (attention heads of 64), with the given vision tower size.
+
+    The defaults are this random checkpoint's: every Linear has in_features >= 64 (bitsandbytes on CPU needs it).
+    """
     from transformers import Glm4vConfig
 
-    hidden = 64  # every Linear has in_features >= 64 (bitsandbytes on CPU needs it)
     heads = hidden // HEAD_DIM
     return Glm4vConfig(
         text_config={
             "vocab_size": vocab,
             "hidden_size": hidden,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
+            "intermediate_size": intermediate,
+            "num_hidden_layers": layers,
             "num_attention_heads": heads,
             "num_key_value_heads": heads,
             "max_position_embeddings": MAX_POSITIONS,
@@ -422,6 +432,26 @@ def _config(ids: dict[str, int], vocab: int, vision: dict[str, int]) -> Any:
     )
 
 
+def write_processor_files(out: Path, longest_edge: int) -> None:
+    """The processor configs GLM-4.6V ships, with the given image cap (pixels x 2 frames)."""
+    pre = {
+        "image_processor_type": "Glm46VImageProcessor",
+        "processor_class": "Glm46VProcessor",
+        "do_resize": True,
+        "do_rescale": True,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "size": {"shortest_edge": SHORTEST_EDGE, "longest_edge": longest_edge},
+    }
+    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+    (out / "processor_config.json").write_text(json.dumps({"processor_class": "Glm46VProcessor"}, indent=2))
+
+
 def build_tiny(out: str | Path, *, real_image_limits: bool = False) -> Path:
     """Write the tiny checkpoint to `out` (overwriting) and return the folder.
 
@@ -439,10 +469,10 @@ def build_tiny(out: str | Path, *, real_image_limits: bool = False) -> Path:
     vocab = (n_tokens // 64 + 2) * 64  # padded above the tokenizer, as the real 151,552 is
 
     torch.manual_seed(0)
-    model = Glm4vForConditionalGeneration(_config(ids, vocab, TEST_VISION)).eval()
+    model = Glm4vForConditionalGeneration(glm4v_config(ids, vocab, TEST_VISION)).eval()
     if real_image_limits:  # the same language model beside the narrower vision tower
         text = {k: v for k, v in model.state_dict().items() if ".visual." not in k}
-        model = Glm4vForConditionalGeneration(_config(ids, vocab, REAL_SCALE_VISION)).eval()
+        model = Glm4vForConditionalGeneration(glm4v_config(ids, vocab, REAL_SCALE_VISION)).eval()
         missing, unexpected = model.load_state_dict(text, strict=False)
         assert not unexpected and all(".visual." in k for k in missing)
     model.generation_config = GenerationConfig(
@@ -455,29 +485,7 @@ def build_tiny(out: str | Path, *, real_image_limits: bool = False) -> Path:
     )
     model.save_pretrained(out)
 
-    (out / "preprocessor_config.json").write_text(
-        json.dumps(
-            {
-                "image_processor_type": "Glm46VImageProcessor",
-                "processor_class": "Glm46VProcessor",
-                "do_resize": True,
-                "do_rescale": True,
-                "do_normalize": True,
-                "do_convert_rgb": True,
-                "image_mean": [0.48145466, 0.4578275, 0.40821073],
-                "image_std": [0.26862954, 0.26130258, 0.27577711],
-                "patch_size": 14,
-                "temporal_patch_size": 2,
-                "merge_size": 2,
-                "size": {
-                    "shortest_edge": SHORTEST_EDGE,
-                    "longest_edge": REAL_LONGEST_EDGE if real_image_limits else TEST_LONGEST_EDGE,
-                },
-            },
-            indent=2,
-        )
-    )
-    (out / "processor_config.json").write_text(json.dumps({"processor_class": "Glm46VProcessor"}, indent=2))
+    write_processor_files(out, REAL_LONGEST_EDGE if real_image_limits else TEST_LONGEST_EDGE)
     (out / "README.md").write_text(
         "Tiny random-weight GLM-4.6V-architecture checkpoint built by `python -m glmv_cli.engine.tiny`.\n"
         "For tests only: its outputs are meaningless.\n"
