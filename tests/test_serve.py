@@ -41,6 +41,7 @@ pytest.importorskip("fastapi")
 KEY, BATCH_KEY, RATE_KEY, EXTRACT_KEY = "sk-test-main", "sk-test-batch", "sk-test-rate", "sk-test-extract"
 LOG_KEY = "sk-test-log"  # the log test's own key, so its 429 leaves the rate-limit test's budget alone
 CACHE_KEY = "sk-test-cache"  # the cache test's own key: its log lines, not an earlier test's late ones
+TOOL_KEY = "sk-test-tools"  # the tool tests' own key, so the main key stays under the rate limit
 RATE_LIMIT = 20  # per minute per key; the main key's tests stay under it
 
 
@@ -62,7 +63,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory) -> Iterator[Server]:
-    keys = (KEY, BATCH_KEY, RATE_KEY, EXTRACT_KEY, LOG_KEY, CACHE_KEY)
+    keys = (KEY, BATCH_KEY, RATE_KEY, EXTRACT_KEY, LOG_KEY, CACHE_KEY, TOOL_KEY)
     args = [arg for key in keys for arg in ("--api-key", key)]
     args += ["--rate-limit", str(RATE_LIMIT)]
     # A long batch window, so requests sent together on a busy 2-core machine reliably share a batch.
@@ -156,6 +157,77 @@ def test_json_schema_answer_parses_and_validates(server, tiny_model):
         response_format={"type": "json_object"},
     )
     assert isinstance(json.loads(obj.choices[0].message.content), dict)
+
+
+# A tool whose arguments are a boolean and an enum: even random weights finish a call to it.
+MARK = {
+    "type": "function",
+    "function": {
+        "name": "mark",
+        "description": "Mark the document",
+        "parameters": {
+            "type": "object",
+            "properties": {"paid": {"type": "boolean"}, "kind": {"enum": ["invoice", "receipt"]}},
+            "required": ["paid", "kind"],
+        },
+    },
+}
+NAMED = {"type": "function", "function": {"name": "mark"}}
+
+
+def test_a_forced_tool_call_comes_back_as_tool_calls(server, tiny_model):
+    reply = _client(server, TOOL_KEY).chat.completions.create(
+        model=tiny_model.name, messages=_user("Mark it.", _png()), tools=[MARK], tool_choice=NAMED, max_tokens=60
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.function.name == "mark" and call.id.startswith("call_")
+    args = json.loads(call.function.arguments)
+    assert isinstance(args["paid"], bool) and args["kind"] in ("invoice", "receipt")
+
+
+def test_a_streamed_tool_call_arrives_as_deltas(server, tiny_model):
+    stream = _client(server, TOOL_KEY).chat.completions.create(
+        model=tiny_model.name, messages=_user("Mark it."), tools=[MARK], tool_choice="required", max_tokens=60,
+        stream=True,
+    )  # fmt: skip
+    chunks = [c for c in stream if c.choices]
+    deltas = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
+    assert [d.function.name for d in deltas] == ["mark"] and deltas[0].index == 0
+    assert set(json.loads(deltas[0].function.arguments)) == {"paid", "kind"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_a_chat_with_a_tool_result_is_answered(server, tiny_model):
+    call = {"id": "call_1", "type": "function", "function": {"name": "mark", "arguments": '{"paid": true}'}}
+    messages = [
+        *_user("Mark it, then say done.", _png()),
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "marked"},
+    ]
+    reply = _client(server, TOOL_KEY).chat.completions.create(
+        model=tiny_model.name, messages=messages, tools=[MARK], tool_choice="none", max_tokens=4
+    )
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert not reply.choices[0].message.tool_calls
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": [MARK], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [{"type": "retrieval"}]}, "tools"),
+        ({"tools": [MARK], "tool_choice": "sometimes"}, "tool_choice"),
+    ],
+)
+def test_bad_tool_requests_are_400(server, tiny_model, extra, param):
+    with pytest.raises(openai.BadRequestError) as caught:
+        _client(server, TOOL_KEY).chat.completions.create(
+            model=tiny_model.name, messages=_user("Mark it."), max_tokens=4, **extra
+        )
+    assert caught.value.body["param"] == param
 
 
 def test_identical_greedy_request_is_cached(server, tiny_model):

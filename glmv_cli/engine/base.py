@@ -40,6 +40,11 @@ class Request(BaseModel):
     prompt: str
     system: str | None = None
     json_schema: dict[str, Any] | None = None
+    # A whole chat instead of system + prompt: the chat template's messages, {"type": "image"} where each
+    # of `images` goes in turn (past turns, tool calls and results); `prompt` then only sizes the request.
+    messages: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None  # OpenAI function tools, offered through the chat template
+    grammar: str | None = None  # a Lark grammar (llguidance) the answer must match, instead of json_schema
     assistant_prefix: str = ""  # text the answer continues from (e.g. finished thinking)
     settings: GenerationSettings = Field(default_factory=GenerationSettings)
     tag: Any = None  # caller's handle, returned untouched
@@ -82,6 +87,7 @@ class Backend(abc.ABC):
 
     model_id: str
     load_s: float = 0.0
+    supports_chat: bool = False  # Request.messages, tools and Lark grammars (the local engine)
 
     @abc.abstractmethod
     def generate(self, requests: Sequence[Request]) -> list[Generation]:

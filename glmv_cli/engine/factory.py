@@ -53,6 +53,8 @@ class LazyLocalBackend:
     has to be forwarded by hand.
     """
 
+    supports_chat = True
+
     def __init__(self, model: str, **options: Any):
         self.model_id = model
         self._options = options

@@ -27,6 +27,7 @@ class GrammarCompiler:
         self.vocab_size = vocab_size
         self.setup_s = time.perf_counter() - started
         self._grammars: dict[str, str] = {}
+        self._lark: dict[str, str] = {}
 
     def grammar(self, schema: dict[str, Any]) -> str:
         """The grammar for a JSON Schema, validated once and cached."""
@@ -43,3 +44,15 @@ class GrammarCompiler:
 
     def matcher(self, schema: dict[str, Any]) -> llguidance.LLMatcher:
         return llguidance.LLMatcher(self.tokenizer, self.grammar(schema), log_level=0)
+
+    def lark_matcher(self, grammar: str) -> llguidance.LLMatcher:
+        """A matcher for a Lark grammar (tool calls), validated and cached like a schema's."""
+        if grammar not in self._lark:
+            started = time.perf_counter()
+            compiled = llguidance.grammar_from("lark", grammar)
+            is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(compiled, self.tokenizer)
+            if is_error:
+                raise ValueError(f"grammar cannot be compiled: {messages[0]}")
+            self._lark[grammar] = compiled
+            self.setup_s += time.perf_counter() - started
+        return llguidance.LLMatcher(self.tokenizer, self._lark[grammar], log_level=0)

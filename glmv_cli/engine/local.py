@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -93,6 +94,8 @@ class _Work:
 
 class LocalBackend(Backend):
     """Runs the model in this process; loads it on first use, once."""
+
+    supports_chat = True
 
     def __init__(
         self,
@@ -287,13 +290,15 @@ class LocalBackend(Backend):
         lm = self.loaded
         texts = []
         for req in requests:
-            messages = []
-            if req.system:
-                messages.append({"role": "system", "content": [{"type": "text", "text": req.system}]})
-            content = [{"type": "image"} for _ in req.images] + [{"type": "text", "text": req.prompt}]
-            messages.append({"role": "user", "content": content})
+            messages = req.messages
+            if messages is None:
+                messages = []
+                if req.system:
+                    messages.append({"role": "system", "content": [{"type": "text", "text": req.system}]})
+                content = [{"type": "image"} for _ in req.images] + [{"type": "text", "text": req.prompt}]
+                messages.append({"role": "user", "content": content})
             text = lm.processor.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False, enable_thinking=think
+                messages, tools=req.tools or None, add_generation_prompt=True, tokenize=False, enable_thinking=think
             )
             texts.append(text + req.assistant_prefix)
         return texts
@@ -317,8 +322,12 @@ class LocalBackend(Backend):
         stop_ids = set(lm.eos_ids)
         if work.stop_at_think_close:
             stop_ids.add(lm.tokenizer.convert_tokens_to_ids(THINK_CLOSE))
-        matcher = self.grammar.matcher(req.json_schema) if req.json_schema and work.constrained else None
-        close_after = closing_step(work.max_new_tokens, self.closer.reserve(req.json_schema)) if matcher else None
+        matcher, close_after = None, None
+        if req.grammar is not None and work.constrained:  # a tool call: no closing rule, the budget cuts it
+            matcher = self.grammar.lark_matcher(req.grammar)
+        elif req.json_schema and work.constrained:
+            matcher = self.grammar.matcher(req.json_schema)
+            close_after = closing_step(work.max_new_tokens, self.closer.reserve(req.json_schema))
         sampler = None
         if settings.temperature > 0:
             sampler = Sampler(settings.temperature, settings.top_p, settings.seed, lm.model.device)
@@ -407,7 +416,8 @@ def collate(encodings: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, 
 
 def _encoding_key(request: Request, think: bool) -> tuple:
     """What a prepared encoding depends on: a repaired or re-prefixed request must be encoded again."""
-    return (request.prompt, request.system, request.assistant_prefix, think, len(request.images))
+    chat = json.dumps([request.messages, request.tools], sort_keys=True, default=str) if request.messages else None
+    return (request.prompt, request.system, chat, request.assistant_prefix, think, len(request.images))
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -45,6 +45,16 @@ def grammar_problem(schema: dict[str, Any]) -> str | None:
     return _joined(messages[0]) if is_error else None
 
 
+def lark_problem(grammar: str) -> str | None:
+    """llguidance's one-line complaint about a Lark grammar (tool calls), or None when it compiles."""
+    try:
+        compiled = llguidance.grammar_from("lark", grammar)
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(compiled, None)
+    except (TypeError, ValueError) as exc:
+        return _joined(str(exc))
+    return _joined(messages[0]) if is_error else None
+
+
 def _joined(text: str) -> str:
     """Join a multi-line message, dropping caret-only lines (regex errors point with ^^^)."""
     lines = [line.strip() for line in text.splitlines()]

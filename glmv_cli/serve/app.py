@@ -21,10 +21,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glmv_cli.cache import ResultCache
 from glmv_cli.engine.base import Backend, Generation
+from glmv_cli.engine.tools import ToolCall, parse_tool_calls
 from glmv_cli.serve.auth import KeyRing, RateLimiter
 from glmv_cli.serve.batcher import Batcher
 from glmv_cli.serve.errors import ApiError
-from glmv_cli.serve.messages import InputPolicy, to_engine_request
+from glmv_cli.serve.messages import InputPolicy, offered_tools, to_engine_request
 from glmv_cli.serve.openai_types import ChatCompletionRequest, error_body, token_logprobs, usage
 from glmv_cli.serve.results import AnswerCache
 
@@ -174,10 +175,13 @@ def create_app(backend: Backend, config: ServeConfig) -> FastAPI:
 
 # -- responses ------------------------------------------------------------------------------------
 def _completion(gen: Generation, chat: ChatCompletionRequest, model: str) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": gen.text}
+    content, calls = _answer(gen, chat)
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = [call.openai() for call in calls]
     if gen.thinking:
         message["reasoning_content"] = gen.thinking
-    choice = {"index": 0, "message": message, "logprobs": _logprobs(gen, chat), "finish_reason": _finish(gen)}
+    choice = {"index": 0, "message": message, "logprobs": _logprobs(gen, chat), "finish_reason": _finish(gen, calls)}
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -188,13 +192,24 @@ def _completion(gen: Generation, chat: ChatCompletionRequest, model: str) -> dic
     }
 
 
-def _finish(gen: Generation) -> str:
+def _answer(gen: Generation, chat: ChatCompletionRequest) -> tuple[str | None, list[ToolCall]]:
+    """The answer's text and its tool calls (GLM's <tool_call> blocks, read back when tools were offered)."""
+    offered = offered_tools(chat)
+    if offered is None:
+        return gen.text, []
+    return parse_tool_calls(gen.text, offered)
+
+
+def _finish(gen: Generation, calls: list[ToolCall] | None = None) -> str:
     """OpenAI's finish_reason; an answer the token budget closed early is `length`, as vLLM says of a cut one.
 
     The JSON is complete but may be short of what the document holds, and a glmv client marks it
-    `review` either way, so a remote run's records match the local backend's.
+    `review` either way, so a remote run's records match the local backend's. A finished answer
+    that calls tools ends with `tool_calls`.
     """
-    return "length" if gen.closed_early else gen.finish_reason
+    if gen.closed_early:
+        return "length"
+    return "tool_calls" if calls and gen.finish_reason == "stop" else gen.finish_reason
 
 
 def _logprobs(gen: Generation, chat: ChatCompletionRequest) -> dict[str, Any] | None:
@@ -237,10 +252,11 @@ async def _stream(
     future.add_done_callback(lambda _: loop.call_soon_threadsafe(pieces.put_nowait, None))
     chunks = _Chunks(model)
     sent = False
+    held = offered_tools(chat) is not None  # with tools, the answer is read whole: text, or calls
     try:
         yield chunks.delta({"role": "assistant", "content": ""})
         while (piece := await pieces.get()) is not None:
-            if piece:
+            if piece and not held:
                 sent = True
                 yield chunks.delta({"content": piece})
         try:
@@ -272,11 +288,16 @@ async def _replay(gen: Generation, chat: ChatCompletionRequest, model: str) -> A
 
 
 async def _tail(chunks: _Chunks, gen: Generation, chat: ChatCompletionRequest, text: str) -> AsyncIterator[str]:
+    calls: list[ToolCall] = []
     if text:
-        yield chunks.delta({"content": text})
+        content, calls = _answer(gen.model_copy(update={"text": text}), chat)
+        if content:
+            yield chunks.delta({"content": content})
+    for index, call in enumerate(calls):  # each call whole, in one delta, as OpenAI's streams may send them
+        yield chunks.delta({"tool_calls": [call.openai(index)]})
     final: dict[str, Any] = {"reasoning_content": gen.thinking} if gen.thinking else {}
     # Per-token logprobs arrive with the last chunk: the engine reports them when the answer is done.
-    yield chunks.delta(final, _finish(gen), _logprobs(gen, chat))
+    yield chunks.delta(final, _finish(gen, calls), _logprobs(gen, chat))
     if chat.stream_options and chat.stream_options.include_usage:
         yield chunks.usage(gen)
     yield "data: [DONE]\n\n"

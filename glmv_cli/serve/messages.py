@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from glmv_cli.engine.base import Backend, GenerationSettings, Request
+from glmv_cli.engine.tools import functions, template_calls, tool_grammar
 from glmv_cli.errors import InputError
 from glmv_cli.serve.errors import bad_request
 from glmv_cli.serve.openai_types import ChatCompletionRequest, ContentPart, Message
@@ -34,26 +35,51 @@ class Converted:
 
 
 def to_engine_request(chat: ChatCompletionRequest, backend: Backend, policy: InputPolicy) -> Converted:
-    """Validate what the engine cannot do, load every image, and build the Request; ApiError(400) on bad input."""
+    """Validate what the engine cannot do, load every image, and build the Request; ApiError(400) on bad input.
+
+    One user turn (after any system text) stays a prompt; a longer chat, assistant turns, tool results
+    or offered tools become the chat template's messages.
+    """
     _refuse_unsupported(chat)
+    offered = offered_tools(chat)
+    chat_like = offered is not None or any(m.role in ("assistant", "tool") for m in chat.messages)
+    chat_like = chat_like or sum(m.role == "user" for m in chat.messages) > 1
+    if chat_like and not getattr(backend, "supports_chat", False):
+        raise bad_request(
+            "tools and multi-turn chats need glmv's local engine (this server forwards to another)", param="messages"
+        )
     system_parts: list[str] = []
     texts: list[str] = []
     sources: list[bytes] = []
+    turns: list[dict[str, Any]] = []
     for i, message in enumerate(chat.messages):
         if message.role in ("system", "developer"):
-            system_parts.append(_text_only(message, i))
+            text = _text_only(message, i)
+            system_parts.append(text)
+            turns.append({"role": "system", "content": text})
         elif message.role == "user":
+            content: list[dict[str, Any]] = []
             for part in _parts(message):
                 if part.type == "text":
                     texts.append(part.text or "")
+                    content.append({"type": "text", "text": part.text or ""})
                 else:
                     sources.append(_image_bytes(part, policy, len(sources)))
+                    content.append({"type": "image"})
+            turns.append({"role": "user", "content": content})
+        elif message.role == "assistant":
+            turn: dict[str, Any] = {"role": "assistant", "content": _text_only(message, i)}
+            if message.tool_calls:
+                try:
+                    turn["tool_calls"] = template_calls(message.tool_calls)
+                except ValueError as exc:
+                    raise bad_request(f"messages[{i}].tool_calls: {exc}", param=f"messages[{i}].tool_calls") from None
+            texts.append(turn["content"])
+            turns.append(turn)
         else:
-            raise bad_request(
-                f"messages[{i}]: role {message.role!r} is not supported: glmv serve answers one user turn "
-                "(fold earlier turns into the user message's text)",
-                param=f"messages[{i}].role",
-            )
+            text = _text_only(message, i)
+            texts.append(text)
+            turns.append({"role": "tool", "content": text})
     prompt = "\n\n".join(t for t in texts if t)
     if not prompt and not sources:
         raise bad_request("the user message has neither text nor images", param="messages")
@@ -68,8 +94,14 @@ def to_engine_request(chat: ChatCompletionRequest, backend: Backend, policy: Inp
         logprobs=bool(chat.logprobs),
     )
     schema = _json_schema(chat)
+    grammar = _tool_grammar(chat, offered, schema)
     system = "\n\n".join(system_parts) or None
     request = Request(images=images, prompt=prompt, system=system, json_schema=schema, settings=settings)
+    if chat_like:
+        tools = chat.tools if offered is not None else None
+        request = request.model_copy(update={"messages": turns, "tools": tools, "grammar": grammar})
+        if grammar is not None:
+            request = request.model_copy(update={"json_schema": None})
     parts = {
         "system": system,
         "prompt": prompt,
@@ -78,7 +110,53 @@ def to_engine_request(chat: ChatCompletionRequest, backend: Backend, policy: Inp
         "json_schema": schema,
         "settings": settings.model_dump(),
     }
+    if chat_like:
+        parts.update(messages=turns, tools=request.tools, grammar=grammar)
     return Converted(request, parts)
+
+
+def offered_tools(chat: ChatCompletionRequest) -> dict[str, dict[str, Any]] | None:
+    """name -> parameters of the tools the model may call, or None when none are (no tools, or tool_choice none)."""
+    choice = chat.tool_choice
+    if not chat.tools:
+        if choice not in (None, "none", "auto"):
+            raise bad_request("tool_choice needs tools", param="tool_choice")
+        return None
+    if choice == "none":
+        return None
+    try:
+        return functions(chat.tools)
+    except ValueError as exc:
+        raise bad_request(str(exc), param="tools") from None
+
+
+def _tool_grammar(chat: ChatCompletionRequest, offered: dict[str, Any] | None, schema: dict | None) -> str | None:
+    """The constraint for an answer with tools: a forced call (required, or one named function), or under
+    `auto` plain text (JSON of the response format, when one is set) or well-formed calls."""
+    if offered is None:
+        return None
+    choice = chat.tool_choice or "auto"
+    parallel = chat.parallel_tool_calls is not False
+    if choice == "auto":
+        grammar = tool_grammar(offered, list(offered), parallel=parallel, text=True, text_schema=schema)
+    elif choice == "required":
+        grammar = tool_grammar(offered, list(offered), parallel=parallel, text=False, text_schema=None)
+    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        name = choice["function"].get("name")
+        if name not in offered:
+            raise bad_request(f"tool_choice names {name!r}, which is not among the tools", param="tool_choice")
+        grammar = tool_grammar(offered, [name], parallel=False, text=False, text_schema=None)
+    else:
+        raise bad_request(
+            'tool_choice: "none", "auto", "required" or {"type": "function", "function": {"name": ...}}',
+            param="tool_choice",
+        )
+    from glmv_cli.extraction.schema_check import lark_problem
+
+    problem = lark_problem(grammar)
+    if problem:
+        raise bad_request(f"the tools' parameters cannot be compiled to a grammar: {problem}", param="tools")
+    return grammar
 
 
 def _refuse_unsupported(chat: ChatCompletionRequest) -> None:
@@ -86,8 +164,6 @@ def _refuse_unsupported(chat: ChatCompletionRequest) -> None:
         raise bad_request("n > 1 is not supported", param="n")
     if chat.stop:
         raise bad_request("stop sequences are not supported", param="stop")
-    if chat.tools:
-        raise bad_request("tools are not supported", param="tools")
     if chat.top_logprobs:
         raise bad_request("top_logprobs is not supported (logprobs gives the chosen tokens')", param="top_logprobs")
 

@@ -26,6 +26,8 @@ class ContentPart(_Loose):
 class Message(_Loose):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant turn's calls (arguments as a JSON string)
+    tool_call_id: str | None = None  # a tool turn: the call it answers
 
 
 class JsonSchemaSpec(_Loose):
@@ -64,6 +66,8 @@ class ChatCompletionRequest(_Loose):
     stream_options: StreamOptions | None = None
     chat_template_kwargs: ChatTemplateKwargs | None = None
     tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None  # none | auto | required | {"type": "function", ...}
+    parallel_tool_calls: bool | None = None
 
 
 MIN_LOGPROB = -9999.0  # JSON has no -Infinity; OpenAI uses this floor too
