@@ -25,7 +25,7 @@ from glmv_cli.cli.common import (
     ThinkOpt,
     handle_errors,
 )
-from glmv_cli.errors import EngineError, InputError, UsageError
+from glmv_cli.errors import InputError, UsageError
 
 
 @handle_errors
@@ -63,10 +63,8 @@ def ask(
     request_timeout: RequestTimeoutOpt = 600,
 ) -> None:
     """Ask a question about one or more images or PDF pages; the answer streams to stdout."""
-    from glmv_cli.engine.base import GenerationSettings, Request
-    from glmv_cli.engine.factory import create_backend
-    from glmv_cli.extraction.prompt import pick_text_hint, question_prompt
-    from glmv_cli.inputs import DEFAULT_MAX_FILE_SIZE, fit_for_vision, load_document
+    from glmv_cli.api import Glmv
+    from glmv_cli.inputs import DEFAULT_MAX_FILE_SIZE
     from glmv_cli.inputs.urls import fetch_url, is_url
 
     if len(args) < 2:
@@ -78,80 +76,61 @@ def ask(
         raise UsageError("stdin ('-') can be given only once")
     _check_url_flags(files, allow_url, allow_http)
     started = time.perf_counter()
-    images, texts = [], []
+    sources: list[str | bytes] = []
     for name in files:
         if name == "-":
-            source: str | bytes = sys.stdin.buffer.read(DEFAULT_MAX_FILE_SIZE + 1)
-            if len(source) > DEFAULT_MAX_FILE_SIZE:
+            data = sys.stdin.buffer.read(DEFAULT_MAX_FILE_SIZE + 1)
+            if len(data) > DEFAULT_MAX_FILE_SIZE:
                 raise InputError("stdin holds more than 256 MB", code="file_too_large")
+            sources.append(data)
         elif is_url(name):
-            source, _ = fetch_url(name, allow_http=allow_http)
+            sources.append(fetch_url(name, allow_http=allow_http)[0])
         else:
-            source = name
-        doc = load_document(source, name=name, pages=[page], dpi=dpi, password=password, max_pages=1)
-        images.extend(p.image for p in doc.pages)
-        texts.extend(p.text for p in doc.pages)
-    load_inputs_s = time.perf_counter() - started
+            sources.append(name)
+    fetch_s = time.perf_counter() - started
 
-    backend = create_backend(
+    glmv = Glmv(
         model,
         backend=backend_name,
         device=device,
         dtype=dtype,
         quant=quant,
         revision=revision,
-        base_urls=base_url,
+        base_url=base_url,
         api_key=api_key,
         remote_model=remote_model,
         request_timeout=request_timeout,
+        cache=False,
     )
-    # Slivers and extreme aspect ratios padded, huge pages shrunk: the processor would refuse them.
-    cap = backend.max_image_pixels()
-    images = [fit_for_vision(image, max_pixels=cap) for image in images]
-    request = Request(
-        images=images,
-        prompt=question_prompt(question, pick_text_hint(texts, text_hint)),
-        settings=GenerationSettings(max_new_tokens=max_tokens, temperature=temperature, think=think),
-    )
-    if as_json:
-        gen = backend.generate([request])[0]
-    else:
 
-        def write(piece: str) -> None:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+    def write(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
 
-        gen = backend.stream(request, write)
+    answer = glmv.ask(
+        sources, question, on_text=None if as_json else write, page=page, dpi=dpi, password=password,
+        text_hint=text_hint, max_tokens=max_tokens, temperature=temperature, think=think, names=files,
+    )  # fmt: skip
+    if not as_json:
         sys.stdout.write("\n")
-    if gen.error:
-        raise EngineError(f"generation failed: {gen.error}")
-    timings = {
-        "inputs_s": round(load_inputs_s, 4),
-        "model_load_s": round(backend.load_s, 3),
-        "preprocess_s": round(gen.preprocess_s, 4),
-        "ttft_s": _round(gen.ttft_s),
-        "generate_s": round(gen.generate_s, 4),
-        "prompt_tokens": gen.prompt_tokens,
-        "output_tokens": gen.output_tokens,
-        "tokens_per_s": _round(gen.tokens_per_s),
-    }
+    timings = {**answer.timings, "inputs_s": round(answer.timings["inputs_s"] + fetch_s, 4)}
     if as_json:
         import json
 
         payload = {
-            "answer": gen.text,
+            "answer": answer.text,
             "files": files,
-            "model": backend.model_id,  # with --backend openai: the served model's name
-            "finish_reason": gen.finish_reason,
+            "model": answer.model,  # with --backend openai: the served model's name
+            "finish_reason": answer.finish_reason,
             "timings": timings,
         }
         if think:
-            payload["thinking"] = gen.thinking
+            payload["thinking"] = answer.thinking
         sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
     if stats:
         sys.stderr.write(
-            f"model load {timings['model_load_s']:.2f}s | time to first token {gen.ttft_s or 0:.3f}s | "
-            f"{gen.output_tokens} tokens at {gen.tokens_per_s or 0:.1f} tokens/s\n"
+            f"model load {timings['model_load_s']:.2f}s | time to first token {timings['ttft_s'] or 0:.3f}s | "
+            f"{timings['output_tokens']} tokens at {timings['tokens_per_s'] or 0:.1f} tokens/s\n"
         )
 
 
@@ -165,7 +144,3 @@ def _check_url_flags(files: list[str], allow_url: bool, allow_http: bool) -> Non
     plain = [url for url in urls if url.lower().startswith("http://")]
     if plain and not allow_http:
         raise UsageError(f"{plain[0]} is plain http: add --allow-http to fetch it")
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)

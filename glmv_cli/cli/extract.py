@@ -127,11 +127,8 @@ def extract(
     1 fatal (model cannot load, output not writable); 130 interrupted (Ctrl-C: what finished
     is written; a second Ctrl-C stops at once and leaves a file output as it was).
     """
-    from glmv_cli.cache import ResultCache
+    from glmv_cli.api import Glmv, extract_options
     from glmv_cli.cli.render import ProgressView, print_stats, stderr_console
-    from glmv_cli.engine.base import GenerationSettings
-    from glmv_cli.engine.factory import create_backend
-    from glmv_cli.extraction.pipeline import ExtractOptions, Extractor
     from glmv_cli.extraction.schema_check import check_schema
     from glmv_cli.extraction.schemas import resolve_schema
     from glmv_cli.inputs import discover, parse_page_spec, roots_of
@@ -168,7 +165,7 @@ def extract(
         )
     if not quiet:
         console.print(f"schema: {resolved.describe()}", markup=False, highlight=False)
-    backend = create_backend(
+    glmv = Glmv(
         model,
         backend=backend_name,
         device=device,
@@ -176,22 +173,23 @@ def extract(
         quant=quant,
         revision=revision,
         batch_size=batch_size,
-        base_urls=base_url,
+        base_url=base_url,
         api_key=api_key,
         remote_model=remote_model,
         concurrency=concurrency,
         request_timeout=request_timeout,
+        cache=cache,
     )
-    # log-probabilities always: every value gets a confidence, in the records and for --review-below
-    settings = GenerationSettings(max_new_tokens=max_tokens, think=think, think_budget=think_budget, logprobs=True)
-    options = ExtractOptions(
+    options = extract_options(
         pages=page_list,
         max_pages=max_pages,
         dpi=dpi,
         password=password,
         text_hint=text_hint,
         per_page=per_page,
-        settings=settings,
+        max_tokens=max_tokens,
+        think=think,
+        think_budget=think_budget,
         batch_size=batch_size,
         repair=repair,
         use_cache=cache,
@@ -205,7 +203,8 @@ def extract(
         prefetch_bytes=prefetch_mb * 1024 * 1024,
         review_below=review_below,
     )
-    extractor = Extractor(backend, resolved, options, cache=ResultCache() if cache else None)
+    extractor = glmv.extractor(resolved, options)
+    backend = glmv.backend
     stats = RunStats()
     stats.start()
     roots = [p for p in paths if p.is_dir()]

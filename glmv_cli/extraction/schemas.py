@@ -63,6 +63,8 @@ class ResolvedSchema:
 
     def describe(self) -> str:
         """Where the schema came from, for a stderr line: 'invoice (built-in)', 'x (./schemas/x.py)'."""
+        if self.source in ("python", "dict"):
+            return f"{self.name} ({'Pydantic model' if self.source == 'python' else 'JSON Schema'})"
         if self.source in ("builtin", "inline"):
             return f"{self.name} (built-in)" if self.source == "builtin" else "inline"
         shown = _shown(Path(self.source))
@@ -133,6 +135,21 @@ def resolve_schema(spec: str | None, cwd: Path | None = None) -> ResolvedSchema:
     elif "," in spec or any(c.isspace() for c in spec):
         return ResolvedSchema("inline", model_from_dsl(spec), "inline")
     return _unknown(spec)
+
+
+def as_schema(schema: Any) -> ResolvedSchema:
+    """What the Python API takes as a schema: a ResolvedSchema, a name or inline spec (as --schema), a
+    Pydantic model class, or a JSON Schema dict."""
+    if isinstance(schema, ResolvedSchema):
+        return schema
+    if schema is None or isinstance(schema, str):
+        return resolve_schema(schema)
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        return ResolvedSchema(schema.__name__, schema, "python")
+    if isinstance(schema, dict):
+        title = str(schema.get("title") or "schema")
+        return ResolvedSchema(title, model_from_schema(schema, Path(f"{title}.json")), "dict")
+    raise UsageError(f"a schema is a name, an inline spec, a Pydantic model or a JSON Schema dict, not {schema!r}")
 
 
 def _builtin(name: str) -> ResolvedSchema:
@@ -337,6 +354,11 @@ def model_from_json_schema(path: Path) -> type[BaseModel]:
         schema = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"Cannot read JSON Schema {path}: {exc}") from exc
+    return model_from_schema(schema, path)
+
+
+def model_from_schema(schema: Any, path: Path) -> type[BaseModel]:
+    """A model from a JSON Schema already read (`path` names it in messages and gives a default title)."""
     if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
         raise UsageError(f"JSON Schema {path} has no top-level object 'properties'")
     if schema.get("type", "object") != "object":
