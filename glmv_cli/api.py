@@ -80,14 +80,15 @@ class Glmv:
     Arguments are the command line's model options: `model` (hub id or local folder; default
     $GLMV_MODEL, else GLM-4.6V-Flash), `backend` ("local" or "openai"), `device`, `dtype`, `quant`,
     `revision`, `batch_size`, `base_url` (one or a list), `api_key`, `remote_model`, `concurrency`,
-    `request_timeout`; `cache=False` turns the result cache off.
+    `request_timeout`; `cache=False` turns the result cache off. `backend` may also be a Backend
+    object already made.
     """
 
     def __init__(
         self,
         model: str | None = None,
         *,
-        backend: str = "local",
+        backend: str | Backend = "local",
         device: str = "auto",
         dtype: str = "auto",
         quant: str = "auto",
@@ -102,8 +103,14 @@ class Glmv:
     ):
         from glmv_cli.engine.factory import create_backend
 
+        self.batch_size = batch_size
+        self.use_cache = cache
+        self._cache: Any = None
+        if not isinstance(backend, str):  # a Backend already made (glmv serve's, shared with its MCP tools)
+            self.backend, self.model = backend, backend.model_id
+            return
         self.model = model or os.environ.get("GLMV_MODEL") or DEFAULT_MODEL
-        self.backend: Backend = create_backend(
+        self.backend = create_backend(
             self.model,
             backend=backend,
             device=device,
@@ -117,9 +124,6 @@ class Glmv:
             concurrency=concurrency,
             request_timeout=request_timeout,
         )
-        self.batch_size = batch_size
-        self.use_cache = cache
-        self._cache: Any = None
 
     # -- extract --------------------------------------------------------------------------------
     def extract(self, inputs: Source | Iterable[Source], schema: Any = None, **options: Any) -> Extraction:

@@ -7,6 +7,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -102,3 +103,14 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(f"internal error: {type(exc).__name__}: {text} (set GLMV_DEBUG=1 for the traceback)")
 
     return wrapper
+
+
+AllowDirOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--allow-dir",
+        exists=True,
+        file_okay=False,
+        help="A folder whose files MCP clients may name by path (repeatable); others send files as base64.",
+    ),
+]

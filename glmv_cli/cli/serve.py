@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from glmv_cli import DEFAULT_MODEL
-from glmv_cli.cli.common import DeviceOpt, DtypeOpt, ModelOpt, QuantOpt, RevisionOpt, handle_errors
+from glmv_cli.cli.common import AllowDirOpt, DeviceOpt, DtypeOpt, ModelOpt, QuantOpt, RevisionOpt, handle_errors
 from glmv_cli.errors import UsageError
 
 
@@ -43,13 +43,17 @@ def serve(
         bool, typer.Option("--allow-urls/--no-urls", help="Fetch https image URLs (public addresses only).")
     ] = True,
     allow_http: Annotated[bool, typer.Option(help="Also fetch plain http image URLs.")] = False,
+    mcp: Annotated[
+        bool, typer.Option("--mcp/--no-mcp", help="Serve glmv's MCP tools (extract, ask, schemas) at /mcp.")
+    ] = True,
+    allow_dir: AllowDirOpt = None,
     model: ModelOpt = DEFAULT_MODEL,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     quant: QuantOpt = "auto",
     revision: RevisionOpt = None,
 ) -> None:
-    """Serve the model with an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health)."""
+    """Serve the model with an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health) and MCP (/mcp)."""
     from glmv_cli.cache import ResultCache
     from glmv_cli.engine.factory import create_backend
     from glmv_cli.serve.app import ServeConfig
@@ -80,6 +84,8 @@ def serve(
         max_batch=max_batch,
         cache=None if no_cache else ResultCache(),
         inputs=InputPolicy(allow_urls=allow_urls, allow_http=allow_http),
+        mcp=mcp,
+        allow_dirs=allow_dir or [],
     )
     try:
         run_server(backend, config, host, port)

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from fastapi import FastAPI, Request
@@ -43,6 +44,8 @@ class ServeConfig:
     cache: ResultCache | None = None  # None: no result cache
     inputs: InputPolicy = field(default_factory=InputPolicy)
     log: TextIO | None = None  # one JSON line per request; None: stderr
+    mcp: bool = True  # the MCP tools over streamable HTTP at /mcp (needs the `mcp` package)
+    allow_dirs: list[Path] = field(default_factory=list)  # folders the MCP tools may read paths from
 
 
 def create_app(backend: Backend, config: ServeConfig) -> FastAPI:
@@ -55,11 +58,14 @@ def create_app(backend: Backend, config: ServeConfig) -> FastAPI:
     names = {config.served_model_name, backend.model_id}
     counts = {"requests": 0}
 
+    mcp = _mcp_server(backend, batcher, config)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         batcher.start()
         try:
-            yield
+            async with mcp.session_manager.run() if mcp is not None else contextlib.nullcontext():
+                yield
         finally:
             await run_in_threadpool(batcher.close)
             if answers is not None:
@@ -168,9 +174,47 @@ def create_app(backend: Backend, config: ServeConfig) -> FastAPI:
             answers.put(key, gen)
         return _completion(gen, chat, config.served_model_name)
 
+    if mcp is not None:
+        from starlette.routing import Route
+
+        endpoint = next(r.endpoint for r in mcp.streamable_http_app().routes if getattr(r, "path", "") == "/mcp")
+        app.router.routes.append(Route("/mcp", endpoint=_Guarded(endpoint, authorize)))
+
     app.add_middleware(_BodyLimit, max_bytes=config.max_request_bytes)
     app.add_middleware(_RequestLog, stream=config.log)  # added last: outermost, so it logs 413s too
     return app
+
+
+def _mcp_server(backend: Backend, batcher: Batcher, config: ServeConfig) -> Any:
+    """glmv's MCP tools over this server's model and batches, or None (turned off, or no `mcp` package)."""
+    if not config.mcp:
+        return None
+    try:
+        from glmv_cli.mcp_tools import create_mcp
+    except ImportError:
+        return None
+    from glmv_cli.api import Glmv
+    from glmv_cli.serve.batcher import BatchedBackend
+
+    glmv = Glmv(backend=BatchedBackend(batcher, backend), cache=config.cache is not None)
+    return create_mcp(glmv, config.allow_dirs, http=True)
+
+
+class _Guarded:
+    """An ASGI app behind the server's keys and rate limit (the /mcp endpoint)."""
+
+    def __init__(self, app: Any, authorize: Any):
+        self.app, self.authorize = app, authorize
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        scope.setdefault("state", {}).setdefault("log", {})
+        try:
+            self.authorize(request)
+        except ApiError as exc:
+            response = JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 # -- responses ------------------------------------------------------------------------------------

@@ -18,9 +18,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from glmv_cli.engine.base import Backend, Generation, Request
 
@@ -253,3 +254,45 @@ class Batcher:
             job.future.set_result(self.backend.stream(job.request, emit))
         except BaseException as exc:  # noqa: BLE001
             job.future.set_exception(exc)
+
+
+class BatchedBackend(Backend):
+    """A Backend whose generations go through a running Batcher: work from inside the server (the MCP
+    tools' extract and ask) shares the model's batches with the HTTP requests, on the model's one thread."""
+
+    def __init__(self, batcher: Batcher, backend: Backend):
+        self.batcher, self.inner = batcher, backend
+        self.model_id = backend.model_id
+
+    def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        futures = [self.batcher.submit(r) for r in requests]
+        return [f.result() for f in futures]
+
+    def stream(self, request: Request, on_text: Callable[[str], None]) -> Generation:
+        future, _ = self.batcher.submit_stream(request, on_text)
+        return future.result()
+
+    def identity(self) -> dict[str, Any]:
+        return self.inner.identity()
+
+    def prepare(self, request: Request) -> Request:
+        return self.inner.prepare(request)
+
+    def default_batch_size(self) -> int:
+        return self.batcher.max_batch
+
+    def estimate_tokens(self, request: Request) -> int:
+        return self.inner.estimate_tokens(request)
+
+    def held_bytes(self, request: Request) -> int:
+        return self.inner.held_bytes(request)
+
+    def max_image_pixels(self) -> int | None:
+        return self.inner.max_image_pixels()
+
+    @property
+    def load_s(self) -> float:  # type: ignore[override]
+        return self.inner.load_s
+
+    def close(self) -> None:
+        """The server owns the model and the batcher."""
