@@ -43,11 +43,35 @@ def test_strings_fold_and_kinds_compare():
     assert normalise("") is None and normalise(None) is None and normalise([]) is None
 
 
-def test_best_pairs_exact_beats_greedy_and_greedy_for_long_lists():
+def test_best_pairs_is_an_exact_assignment_at_any_size():
     # Greedy would take (0,0)=3 and leave 1 -> total 3; the exact assignment finds 2 + 2.
     assert sorted(best_pairs([[3, 2], [2, 0]])) == [(0, 1), (1, 0)]
+    # 9 x 9 (the old greedy fallback's size): that block plus seven 1s. Greedy scores 10; the best is 11.
+    nine = [[0] * 9 for _ in range(9)]
+    nine[0][:2], nine[1][:2] = [3, 2], [2, 0]
+    for i in range(2, 9):
+        nine[i][i] = 1
+    pairs = best_pairs(nine)
+    assert sum(nine[r][c] for r, c in pairs) == 11 and (0, 0) not in pairs
     long = [[10 if r == c else 1 for c in range(12)] for r in range(12)]
     assert sorted(best_pairs(long)) == [(i, i) for i in range(12)]
+    # rectangular either way, zero-weight pairs left unmatched
+    assert best_pairs([[0, 5, 0]]) == [(0, 1)] and best_pairs([[0], [4], [0]]) == [(1, 0)]
+    assert best_pairs([[0, 0], [0, 0]]) == []
+
+
+def test_best_pairs_matches_brute_force():
+    import itertools
+    import random
+
+    rng = random.Random(5)
+    for _ in range(200):
+        rows, cols = rng.randint(1, 5), rng.randint(1, 5)
+        w = [[rng.choice([0, 0, 1, 2, 3, 5]) for _ in range(cols)] for _ in range(rows)]
+        best = 0
+        for perm in itertools.permutations(range(max(rows, cols)), rows):
+            best = max(best, sum(w[r][c] for r, c in enumerate(perm) if c < cols))
+        assert sum(w[r][c] for r, c in best_pairs(w)) == best, w
 
 
 def test_line_items_matched_whatever_the_order():

@@ -1,54 +1,55 @@
-"""Pair truth list items with predicted ones so that the most values agree."""
+"""Pair truth list items with predicted ones so that the most values agree: an exact assignment, any size."""
 
 from __future__ import annotations
-
-EXACT_LIMIT = 8  # exact search over 2**8 states per row; longer lists on both sides fall back to greedy
 
 
 def best_pairs(weights: list[list[int]]) -> list[tuple[int, int]]:
     """(truth index, predicted index) pairs maximising the summed weight; zero-weight pairs stay unmatched.
 
-    Exact (dynamic programming over subsets of the shorter side) when either list has at most
-    EXACT_LIMIT items, else greedy best-first: the heaviest remaining pair is taken first.
+    The Hungarian algorithm (shortest augmenting paths with potentials, O(n^2 m)): optimal for
+    lists of any length, where a greedy heaviest-first pairing can lose (it takes a 3 that blocks
+    two 2s).
     """
     rows = len(weights)
     cols = len(weights[0]) if rows else 0
     if not rows or not cols:
         return []
-    if cols <= EXACT_LIMIT:
-        return _exact(weights)
-    if rows <= EXACT_LIMIT:
+    if rows > cols:
         flipped = [[weights[r][c] for r in range(rows)] for c in range(cols)]
-        return [(r, c) for c, r in _exact(flipped)]
-    return _greedy(weights)
+        return [(r, c) for c, r in best_pairs(flipped)]
+    top = max(max(line) for line in weights)
+    pairs = _assignment([[top - w for w in line] for line in weights])
+    return sorted((r, c) for r, c in pairs if weights[r][c] > 0)
 
 
-def _exact(weights: list[list[int]]) -> list[tuple[int, int]]:
-    states: dict[int, tuple[int, tuple[tuple[int, int], ...]]] = {0: (0, ())}
-    for row, line in enumerate(weights):
-        nxt = dict(states)  # the row left unmatched
-        for mask, (score, pairs) in states.items():
-            for col, weight in enumerate(line):
-                if weight <= 0 or mask & (1 << col):
-                    continue
-                key = mask | (1 << col)
-                if key not in nxt or nxt[key][0] < score + weight:
-                    nxt[key] = (score + weight, (*pairs, (row, col)))
-        states = nxt
-    return list(max(states.values(), key=lambda state: state[0])[1])
-
-
-def _greedy(weights: list[list[int]]) -> list[tuple[int, int]]:
-    ranked = sorted(
-        ((w, r, c) for r, line in enumerate(weights) for c, w in enumerate(line) if w > 0),
-        key=lambda t: (-t[0], t[1], t[2]),
-    )
-    used_rows: set[int] = set()
-    used_cols: set[int] = set()
-    pairs = []
-    for _, row, col in ranked:
-        if row not in used_rows and col not in used_cols:
-            used_rows.add(row)
-            used_cols.add(col)
-            pairs.append((row, col))
-    return pairs
+def _assignment(cost: list[list[int]]) -> list[tuple[int, int]]:
+    """Minimum-cost assignment of every row (rows <= columns) to its own column."""
+    n, m = len(cost), len(cost[0])
+    inf = float("inf")
+    u, v = [0.0] * (n + 1), [0.0] * (m + 1)
+    owner, way = [0] * (m + 1), [0] * (m + 1)  # owner[j]: the row in column j (1-based; 0 = none)
+    for i in range(1, n + 1):
+        owner[0], j0 = i, 0
+        slack, used = [inf] * (m + 1), [False] * (m + 1)
+        while owner[j0] != 0:
+            used[j0] = True
+            i0, delta, j1 = owner[j0], inf, 0
+            for j in range(1, m + 1):
+                if not used[j]:
+                    reduced = cost[i0 - 1][j - 1] - u[i0] - v[j]
+                    if reduced < slack[j]:
+                        slack[j], way[j] = reduced, j0
+                    if slack[j] < delta:
+                        delta, j1 = slack[j], j
+            for j in range(m + 1):
+                if used[j]:
+                    u[owner[j]] += delta
+                    v[j] -= delta
+                else:
+                    slack[j] -= delta
+            j0 = j1
+        while j0:  # flip the augmenting path
+            j1 = way[j0]
+            owner[j0] = owner[j1]
+            j0 = j1
+    return [(owner[j] - 1, j - 1) for j in range(1, m + 1) if owner[j]]
