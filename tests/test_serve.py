@@ -230,6 +230,16 @@ def test_bad_tool_requests_are_400(server, tiny_model, extra, param):
     assert caught.value.body["param"] == param
 
 
+def test_follow_up_questions_about_one_image_reuse_its_prefill(server, tiny_model):
+    image = _png((56, 56), (20, 90, 160))
+    before = _get(server, "/metrics", TOOL_KEY)[2]["prefix_cache"]
+    client = _client(server, TOOL_KEY)
+    for question in ("What colour is it?", "How big is it?"):
+        client.chat.completions.create(model=tiny_model.name, messages=_user(question, image), max_tokens=2)
+    after = _get(server, "/metrics", TOOL_KEY)[2]["prefix_cache"]
+    assert after["hits"] >= before["hits"] + 1 and after["saved_tokens"] > before["saved_tokens"]
+
+
 def test_identical_greedy_request_is_cached(server, tiny_model):
     def ask():
         return _client(server, CACHE_KEY).chat.completions.create(

@@ -158,6 +158,41 @@ class KVBatch:
             row.delta = int(delta)
         return cls(rows, cache, inputs["attention_mask"], out.logits[:, -1].float())
 
+    @classmethod
+    def prefill_after(cls, model: Any, inputs: dict[str, torch.Tensor], row: Row, prefix: Any) -> KVBatch:
+        """One prompt whose first `prefix.length` tokens' keys and values are kept: only the rest runs.
+
+        The positions are the whole prompt's (M-RoPE, images included), so the rest continues
+        exactly where the prefix left off; no image is encoded again.
+        """
+        positions, deltas = mrope_positions(model, inputs)
+        cache = DynamicCache(config=model.config)
+        cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+        for layer, (keys, values) in zip(cache.layers, prefix.kv, strict=True):
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values  # appended to in a new buffer: the kept tensors stay as they are
+        start = prefix.length
+        out = model(
+            input_ids=inputs["input_ids"][:, start:],
+            attention_mask=inputs["attention_mask"],
+            position_ids=positions[:, :, start:],
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        row.length = row.span = row.prompt_tokens = int(inputs["attention_mask"].sum())
+        row.delta = int(deltas[0])
+        return cls([row], cache, inputs["attention_mask"], out.logits[:, -1].float())
+
+    def prefix_of(self, index: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Row `index`'s first `length` prompt tokens' keys and values, copied (right after its prefill)."""
+        start = self.mask.shape[1] - self.rows[index].span
+        return [
+            (layer.keys[index : index + 1, :, start : start + length].clone(),
+             layer.values[index : index + 1, :, start : start + length].clone())
+            for layer in self.cache.layers
+        ]  # fmt: skip
+
     def step(self, model: Any, runs: list[list[int]], keep_logits: int = 1) -> torch.Tensor | None:
         """Feed each row its run of tokens (the chosen one, then any the grammar forces); the logits
         now hold each row's next choice.

@@ -19,10 +19,14 @@ from glmv_cli.engine.decode import Batcher, Finished, KVBatch, Row, Sampler
 from glmv_cli.engine.grammar import GrammarCompiler
 from glmv_cli.engine.identity import local_identity
 from glmv_cli.engine.loader import LoadedModel, load_model
+from glmv_cli.engine.prefix import Prefix, PrefixCache
 from glmv_cli.engine.steps import RowSteps, StepProcessor
 from glmv_cli.engine.text import THINK_CLOSE, AnswerFilter, split_thinking
 
 _MODELS: dict[tuple, LoadedModel] = {}
+# Kept prompt prefixes (page images): GLM-4.6V-Flash keeps about 40 KB per token in bf16, 140 MB for an
+# A4 page at 150 dpi, so about 7 pages.
+PREFIX_CACHE_MB = 1024
 CPU_TOKEN_BUDGET = 8 * 8192  # no device memory to size by on CPU: eight rows of 8k tokens
 GPU_MEMORY_SHARE = 0.6  # of the memory free once the weights are in, for the KV cache and activations
 # Prompt tokens per prefill (rows x longest prompt), vLLM's default batched-token limit too: short
@@ -106,8 +110,11 @@ class LocalBackend(Backend):
         quant: str = "auto",
         revision: str | None = None,
         batch_size: int | None = None,
+        prefix_cache_mb: int = PREFIX_CACHE_MB,
     ):
         self.model_id = model
+        self._prefix_bytes = prefix_cache_mb * 2**20
+        self._prefixes: PrefixCache | None = None
         self._options = {"device": device, "dtype": dtype, "quant": quant, "revision": revision}
         self._batch_size = batch_size
         self._loaded: LoadedModel | None = None
@@ -304,17 +311,53 @@ class LocalBackend(Backend):
         return texts
 
     def _run(self, requests: list[Request], works: list[_Work]) -> KVBatch:
-        """Start a group of works: encode their requests, prefill them together, and return rows ready to decode."""
+        """Start a group of works: encode their requests, prefill them together, and return rows ready to decode.
+
+        A prompt whose prefix (up to its last image) is in the prefix cache prefills only the rest,
+        alone; the others prefill together, and their prefixes are kept for the next question.
+        """
         lm = self.loaded
         started = time.perf_counter()
         encoded = [self._encoded(w.request, w.think) for w in works]
-        inputs = collate([e for e, _ in encoded], lm.tokenizer.pad_token_id)
+        # Per row: its own encoding time, wherever it ran (a loader thread, or here).
+        rows = [self._row(w, seconds, started) for w, (_, seconds) in zip(works, encoded, strict=True)]
+        keys = [self.prefixes.key(e) for e, _ in encoded]
+        kept = [self.prefixes.get(k[0]) if k else None for k in keys]
+        order = [i for i, p in enumerate(kept) if p is None] + [i for i, p in enumerate(kept) if p is not None]
+        batch: KVBatch | None = None
+        fresh = [i for i in order if kept[i] is None]
+        if fresh:
+            batch = KVBatch.prefill(lm.model, self._inputs([encoded[i][0] for i in fresh]), [rows[i] for i in fresh])
+            for position, i in enumerate(fresh):
+                if keys[i] is not None:
+                    key, length = keys[i]
+                    self.prefixes.put(key, Prefix(length, batch.prefix_of(position, length)))
+        for i in order[len(fresh) :]:
+            single = KVBatch.prefill_after(lm.model, self._inputs([encoded[i][0]]), rows[i], kept[i])
+            if batch is None:
+                batch = single
+            else:
+                batch.join(single)
+        assert batch is not None
+        if order != sorted(order):
+            batch.keep([order.index(i) for i in range(len(order))])  # back in the group's order
+        return batch
+
+    def _inputs(self, encodings: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        lm = self.loaded
+        inputs = collate(encodings, lm.tokenizer.pad_token_id)
         inputs = {k: v.to(lm.model.device) for k, v in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(lm.model.dtype)
-        # Per row: its own encoding time, wherever it ran (a loader thread, or here).
-        rows = [self._row(w, seconds, started) for w, (_, seconds) in zip(works, encoded, strict=True)]
-        return KVBatch.prefill(lm.model, inputs, rows)
+        return inputs
+
+    @property
+    def prefixes(self) -> PrefixCache:
+        """Prompt prefixes (chat head, system, page images) kept for follow-up questions."""
+        if self._prefixes is None:
+            end_of_image = self.loaded.tokenizer.convert_tokens_to_ids("<|end_of_image|>")
+            self._prefixes = PrefixCache(self._prefix_bytes, end_of_image)
+        return self._prefixes
 
     def _row(self, work: _Work, preprocess_s: float, started: float) -> Row:
         lm = self.loaded

@@ -140,6 +140,7 @@ def create_app(backend: Backend, config: ServeConfig) -> FastAPI:
             "peak_rows": batcher.peak_rows,
             "continuous": batcher.continuous,
             "cache": answers.stats() if answers is not None else None,
+            "prefix_cache": _prefix_stats(backend),
         }
 
     @app.post("/v1/chat/completions")
@@ -183,6 +184,15 @@ def create_app(backend: Backend, config: ServeConfig) -> FastAPI:
     app.add_middleware(_BodyLimit, max_bytes=config.max_request_bytes)
     app.add_middleware(_RequestLog, stream=config.log)  # added last: outermost, so it logs 413s too
     return app
+
+
+def _prefix_stats(backend: Backend) -> dict[str, int] | None:
+    """The local engine's kept prompt prefixes (follow-up questions about a page): entries, bytes, hits."""
+    try:
+        prefixes = backend.prefixes  # type: ignore[attr-defined]
+    except AttributeError:
+        return None
+    return prefixes.stats()
 
 
 def _mcp_server(backend: Backend, batcher: Batcher, config: ServeConfig) -> Any:
