@@ -43,6 +43,9 @@ class Record(BaseModel):
     model: str | None = None
     schema_name: str | None = Field(default=None, serialization_alias="schema")
     timings: Timings = Field(default_factory=Timings)
+    # shaped like data: each leaf's {page, box: [x0, y0, x1, y1] in 0-1 of the page, source} or None;
+    # left out of the JSON when the document has no evidence at all (no text layer)
+    evidence: Any = None
 
     def to_json_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True)
+        return self.model_dump(mode="json", by_alias=True, exclude={"evidence"} if self.evidence is None else None)

@@ -99,6 +99,16 @@ def extract(
     confidence: Annotated[
         bool, typer.Option(help="CSV: a <column>.confidence column beside each data column (JSON always has them).")
     ] = False,
+    evidence: Annotated[
+        str,
+        typer.Option(
+            metavar="text|off",
+            help="text: each value's page and box, found in a PDF's own text layer (records' `evidence`); off: none.",
+        ),
+    ] = "text",
+    evidence_columns: Annotated[
+        bool, typer.Option(help="CSV: <column>.page and <column>.box columns beside each data column.")
+    ] = False,
     review_below: Annotated[
         float | None,
         typer.Option(
@@ -136,6 +146,8 @@ def extract(
 
     if text_hint not in TEXT_HINT_MODES:
         raise UsageError(f"unknown --text-hint {text_hint!r}", "choose auto, on or off")
+    if evidence not in ("text", "off"):
+        raise UsageError(f"unknown --evidence {evidence!r}", "choose text or off")
     if output and out_dir:
         raise UsageError("give -o FILE or --out-dir DIR, not both")
     resolved = resolve_schema(schema)
@@ -161,7 +173,13 @@ def extract(
     dir_writer = DirWriter(out_dir) if out_dir else None
     if dir_writer is None:
         writer = open_writer(
-            fmt, output, sys.stdout, columns_schema=resolved.json_schema(), explode=explode, confidence=confidence
+            fmt,
+            output,
+            sys.stdout,
+            columns_schema=resolved.json_schema(),
+            explode=explode,
+            confidence=confidence,
+            evidence=evidence_columns,
         )
     if not quiet:
         console.print(f"schema: {resolved.describe()}", markup=False, highlight=False)
@@ -202,6 +220,7 @@ def extract(
         render_timeout=render_timeout,
         prefetch_bytes=prefetch_mb * 1024 * 1024,
         review_below=review_below,
+        evidence=evidence,
     )
     extractor = glmv.extractor(resolved, options)
     backend = glmv.backend

@@ -29,6 +29,7 @@ from glmv_cli.extraction.confidence import (
     leaf_confidence,
 )
 from glmv_cli.extraction.constraint import constraint_schema
+from glmv_cli.extraction.evidence import PageWords, locate
 from glmv_cli.extraction.loading import TIMEOUT_CODES, ByteGate, LoaderPool, LoadTask
 from glmv_cli.extraction.parse import validate
 from glmv_cli.extraction.prompt import PROMPT_VERSION, SYSTEM, build_prompt, pick_text_hint, repair_prompt
@@ -66,6 +67,7 @@ class ExtractOptions:
     read_timeout: float = 60.0  # seconds to read one file
     prefetch_bytes: int = 1024**3  # page images and prepared model inputs waiting for the model
     render_timeout: float = 60.0  # seconds per page to decode or render
+    evidence: str = "text"  # text: each value's box in a PDF's own text layer; off: none
 
 
 @dataclass
@@ -85,6 +87,7 @@ class _Job:
     pages_cut: int = 0
     tokens: int = 0  # estimated KV-cache tokens: prompt, visual tokens of every page, answer budget
     nbytes: int = 0  # page images plus prepared model inputs, held until the job has run
+    words: list[tuple[int, list[Any]]] | None = None  # (page, its text layer's words) for evidence
 
 
 @dataclass
@@ -166,6 +169,7 @@ class Extractor:
                 "backend": self.backend.identity(),
                 "settings": o.settings.model_dump(),
                 "repair": o.repair,
+                "evidence": o.evidence,
             }
         )
 
@@ -226,7 +230,7 @@ class Extractor:
                 max_pages=o.max_pages,
                 password=o.password,
                 max_pixels=o.max_pixels,
-                text_layer=o.text_hint != "off",
+                text_layer=o.text_hint != "off" or o.evidence == "text",
                 render_pdf=self._renderer.render if self._renderer else None,
             )
         except InputError as exc:
@@ -266,6 +270,8 @@ class Extractor:
             job = _Job(index, sub, doc.path, doc.sha256, numbers, request, load_s, pixels, doc.total_pages, note, cut)
             job.tokens = self.backend.estimate_tokens(request)
             job.nbytes = 3 * pixels + self.backend.held_bytes(request)
+            if self.options.evidence == "text":
+                job.words = [(p.number, p.words) for p in pages if p.words] or None
             jobs.append(job)
         return jobs
 
@@ -547,8 +553,19 @@ class Extractor:
             model=self.backend.model_id,
             schema_name=self.schema.name,
             timings=timings,
+            evidence=self._evidence(job, data) if error is None else None,
         )
         return self._reviewed(record)
+
+    @staticmethod
+    def _evidence(job: _Job, data: dict[str, Any] | None) -> Any:
+        """Each value's box in the page's own text layer (None without one, or if locating fails)."""
+        if data is None or not job.words:
+            return None
+        try:
+            return locate(data, [PageWords(number, words) for number, words in job.words])
+        except Exception:  # noqa: BLE001 - evidence is a help: a failure to find it costs the record nothing
+            return None
 
     @staticmethod
     def _confidence(gen: Generation, data: dict[str, Any] | None) -> Any:

@@ -16,6 +16,7 @@ class Page:
     number: int  # 1-based, in the source document
     image: Image.Image  # RGB, EXIF orientation applied
     text: str | None = None  # PDF text layer; None for images or pages without one
+    words: list[tuple[str, float, float, float, float]] | None = None  # its words, boxes in 0-1 (top left)
 
 
 @dataclass

@@ -24,6 +24,7 @@ PDFIUM_LOCK = threading.Lock()
 POINTS_PER_INCH = 72
 
 PageHook = Callable[[int], object]  # called with the page number before each page (tests: crash, hang)
+Word = tuple[str, float, float, float, float]  # text, x0, y0, x1, y1 in 0-1 of the page, origin top left
 
 
 class RgbPage(NamedTuple):
@@ -33,10 +34,11 @@ class RgbPage(NamedTuple):
     size: tuple[int, int]
     pixels: bytes | memoryview  # width * height * 3 bytes, rows top to bottom
     text: str | None
+    words: list[Word] | None = None  # the text layer's words with their boxes (evidence)
 
     def to_page(self) -> Page:
         """The page as a Pillow image (a copy, so it outlives the buffer)."""
-        return Page(self.number, Image.frombytes("RGB", self.size, self.pixels), self.text)
+        return Page(self.number, Image.frombytes("RGB", self.size, self.pixels), self.text, self.words)
 
 
 def render_in_process(
@@ -94,7 +96,9 @@ def render_rgb(pdf: pdfium.PdfDocument, number: int, *, dpi: int, max_pixels: in
             size, pixels = (bitmap.width, bitmap.height), memoryview(bitmap.buffer).cast("B")
         finally:
             bitmap.close()  # the buffer belongs to Python and outlives the pdfium bitmap
-        return RgbPage(number, size, pixels, _text(page) if text_layer else None)
+        if not text_layer:
+            return RgbPage(number, size, pixels, None)
+        return RgbPage(number, size, pixels, _text(page), _words(page, width, height))
     except pdfium.PdfiumError:
         raise InputError(f"corrupt PDF (cannot render page {number})", code="pdf_corrupt") from None
     finally:
@@ -126,6 +130,42 @@ def _load(data: bytes, password: str | None) -> pdfium.PdfDocument:
     if code == pdfium.raw.FPDF_ERR_FILE:
         raise InputError("truncated PDF (pdfium cannot read it to the end)", code="file_truncated")
     raise InputError("corrupt or truncated PDF", code="pdf_corrupt")
+
+
+def _words(page: pdfium.PdfPage, width: float, height: float) -> list[Word] | None:
+    """The text layer's words (runs of non-space characters), each with its box in 0-1 of the page,
+    origin top left (pdfium's boxes are in points from the bottom left). None without a text layer."""
+    import pypdfium2.raw as raw
+
+    textpage = page.get_textpage()
+    try:
+        words: list[Word] = []
+        current: list[str] = []
+        box = [1.0, 1.0, 0.0, 0.0]
+        for i in range(textpage.count_chars()):
+            char = chr(raw.FPDFText_GetUnicode(textpage.raw, i))
+            if char.isspace() or not char.isprintable():
+                if current:
+                    words.append(("".join(current), *box))
+                current, box = [], [1.0, 1.0, 0.0, 0.0]
+                continue
+            left, bottom, right, top = textpage.get_charbox(i)
+            current.append(char)
+            box = [
+                min(box[0], _unit(left / width)),
+                min(box[1], _unit(1 - top / height)),
+                max(box[2], _unit(right / width)),
+                max(box[3], _unit(1 - bottom / height)),
+            ]
+        if current:
+            words.append(("".join(current), *box))
+    finally:
+        textpage.close()
+    return words or None
+
+
+def _unit(value: float) -> float:
+    return min(1.0, max(0.0, value))
 
 
 def _text(page: pdfium.PdfPage) -> str | None:

@@ -109,12 +109,12 @@ class PdfRenderer:
         total, numbers = self._receive(worker, self.open_timeout_s, None)
         found = []
         for number in numbers:
-            size, text = self._receive(worker, self.timeout_s, number)
+            size, text, words = self._receive(worker, self.timeout_s, number)
             try:
                 pixels = worker.conn.recv_bytes()  # right behind its header: no wait of its own
             except (EOFError, OSError):
                 raise self._lost(worker, f"crashed on page {number}") from None
-            found.append(RgbPage(number, size, pixels, text).to_page())
+            found.append(RgbPage(number, size, pixels, text, words).to_page())
         return found, total
 
     def _receive(self, worker: _Worker, timeout: float, number: int | None) -> tuple:
@@ -239,7 +239,7 @@ def _answer(conn: Connection, request: bytes) -> None:
                 if hook is not None:
                     hook(number)
                 page = render_rgb(document, number, dpi=dpi, max_pixels=max_pixels, text_layer=text_layer)
-                conn.send(("page", page.size, page.text))
+                conn.send(("page", page.size, page.text, page.words))
                 conn.send_bytes(page.pixels)  # unpickled: pickling would copy 6 MB a page
     except InputError as exc:
         conn.send(("error", exc.code, exc.message, exc.hint))

@@ -29,12 +29,14 @@ def open_writer(
     explode: str | None = None,
     append: bool = False,
     confidence: bool = False,
+    evidence: bool = False,
 ) -> Writer:
     """A writer for `fmt` (or the path's extension, else jsonl) to `path`, or to `stream` if None.
 
     With a path the file appears only on a successful close (temp file + os.replace), except
     JSONL with append=True, which appends line by line to the file (created if missing).
     confidence: CSV gets a `<column>.confidence` column beside each data column (JSON always has it).
+    evidence: CSV gets `<column>.page` and `<column>.box` ("x0 y0 x1 y1", 0-1 of the page) beside each.
     """
     if fmt is None:
         suffix = path.suffix.lower().lstrip(".") if path else ""
@@ -50,7 +52,7 @@ def open_writer(
     if fmt != "csv":
         return JsonlWriter(sink) if fmt == "jsonl" else JsonWriter(sink)
     try:
-        return CsvWriter(sink, columns_schema, explode, confidence=confidence)
+        return CsvWriter(sink, columns_schema, explode, confidence=confidence, evidence=evidence)
     except BaseException:  # a bad --explode must not leave a temp file behind
         sink.discard()
         raise
@@ -233,15 +235,21 @@ class CsvWriter(Writer):
     nothing is lost and the cell parses back with json.loads. None is an empty cell, booleans
     are true/false. Without a schema the columns are the union of the data keys, written at close.
     With `confidence`, each data column is followed by `<column>.confidence`, read from the
-    record's confidence structure the same way (a list column's cell is the list of confidences).
+    record's confidence structure the same way (a list column's cell is the list of confidences);
+    with `evidence`, by `<column>.page` and `<column>.box` from the record's evidence.
     """
 
     def __init__(
-        self, sink: _Sink, schema: dict[str, Any] | None, explode: str | None = None, confidence: bool = False
+        self,
+        sink: _Sink,
+        schema: dict[str, Any] | None,
+        explode: str | None = None,
+        confidence: bool = False,
+        evidence: bool = False,
     ):
         super().__init__(sink)
         self.explode = explode
-        self.confidence = confidence
+        self.sides = ([_CONFIDENCE] if confidence else []) + (list(_EVIDENCE) if evidence else [])
         self.buffer: list[dict[str, str]] | None = None
         if schema is None:
             if explode:
@@ -266,9 +274,7 @@ class CsvWriter(Writer):
             self.item_columns = sub or [explode]
             i = doc_columns.index(explode)
             doc_columns[i : i + 1] = self.item_columns
-        self.columns = list(RECORD_COLUMNS) + [
-            name for c in doc_columns for name in self._with_confidence(_data_column(c))
-        ]
+        self.columns = list(RECORD_COLUMNS) + [name for c in doc_columns for name in self._with_sides(_data_column(c))]
         self.data_columns = doc_columns
         self._write_line(self.columns)
 
@@ -291,50 +297,77 @@ class CsvWriter(Writer):
             "cached": _cell(record.cached),
         }
         data = record.data or {}
-        confidence = record.confidence if self.confidence and isinstance(record.confidence, dict) else {}
+        sides = [(suffix, _structure(record, attr), pick) for suffix, attr, pick in self.sides]
         if self.buffer is not None:
             flat = _flatten_data(data)
-            flat_confidence = _flatten_data(confidence) if self.confidence else {}
             for key in flat:
-                for name in self._with_confidence(_data_column(key)):
+                for name in self._with_sides(_data_column(key)):
                     if name not in self.columns:
                         self.columns.append(name)
             row = {_data_column(k): v for k, v in flat.items()}
-            row |= {_data_column(k) + CONFIDENCE_SUFFIX: v for k, v in flat_confidence.items()}
+            for suffix, structure, pick in sides:
+                row |= {_data_column(k) + suffix: _cell(pick(_lookup(structure, k))) for k in flat}
             self.buffer.append(base | row)
             return
         columns = [c for c in self.data_columns if c not in self.item_columns]
-        doc = {c: _cell(_lookup(data, c)) for c in columns}
-        doc_scores = {c: _cell(_lookup(confidence, c)) for c in columns} if self.confidence else {}
-        rows: list[tuple[dict[str, str], dict[str, str]]] = [({}, {})]
+        doc = {_data_column(c): _cell(_lookup(data, c)) for c in columns}
+        for suffix, structure, pick in sides:
+            doc |= {_data_column(c) + suffix: _cell(pick(_lookup(structure, c))) for c in columns}
+        rows: list[dict[str, str]] = [{}]
         if self.explode:
             items = _lookup(data, self.explode) or []
-            scores = _lookup(confidence, self.explode) or []
-            rows = [self._item_row(item, _at(scores, n)) for n, item in enumerate(items)] or rows
-        for item_row, item_scores in rows:
-            row = base | {_data_column(k): v for k, v in (doc | item_row).items()}
-            row |= {_data_column(k) + CONFIDENCE_SUFFIX: v for k, v in (doc_scores | item_scores).items()}
+            along = [(suffix, _lookup(structure, self.explode) or [], pick) for suffix, structure, pick in sides]
+            rows = [self._item_row(item, [(s, _at(v, n), p) for s, v, p in along]) for n, item in enumerate(items)]
+            rows = rows or [{}]
+        for item_row in rows:
+            row = base | doc | item_row
             self._write_line([row.get(c, "") for c in self.columns])
 
-    def _with_confidence(self, column: str) -> list[str]:
-        return [column, column + CONFIDENCE_SUFFIX] if self.confidence else [column]
+    def _with_sides(self, column: str) -> list[str]:
+        return [column] + [column + suffix for suffix, _, _ in self.sides]
 
-    def _item_row(self, item: Any, score: Any) -> tuple[dict[str, str], dict[str, str]]:
-        """One exploded item's cells, and its confidence cells (empty without --confidence)."""
+    def _item_row(self, item: Any, sides: list[tuple[str, Any, Any]]) -> dict[str, str]:
+        """One exploded item's cells, with its side cells (confidence, evidence) when asked for."""
         if self.item_columns == [self.explode]:
-            return {self.explode: _cell(item)}, ({self.explode: _cell(score)} if self.confidence else {})
+            row = {self.explode: _cell(item)}
+            return row | {self.explode + suffix: _cell(pick(value)) for suffix, value, pick in sides}
         prefix = f"{self.explode}."
         item = item if isinstance(item, dict) else {}
-        score = score if isinstance(score, dict) else {}
-        cells = {c: _cell(_lookup(item, c[len(prefix) :])) for c in self.item_columns}
-        scores = {c: _cell(_lookup(score, c[len(prefix) :])) for c in self.item_columns} if self.confidence else {}
-        return cells, scores
+        row = {c: _cell(_lookup(item, c[len(prefix) :])) for c in self.item_columns}
+        for suffix, value, pick in sides:
+            value = value if isinstance(value, dict) else {}
+            row |= {c + suffix: _cell(pick(_lookup(value, c[len(prefix) :]))) for c in self.item_columns}
+        return row
 
     def finish(self) -> None:
         if self.buffer is not None:
             self._write_line(self.columns)
             for row in self.buffer:
                 self._write_line([row.get(c, "") for c in self.columns])
+
+
+def _structure(record: Record, attr: str) -> dict[str, Any]:
+    value = getattr(record, attr)
+    return value if isinstance(value, dict) else {}
+
+
+def _evidence_part(key: str) -> Any:
+    """The page or the box of an evidence leaf (a list column: the list of them); a box as "x0 y0 x1 y1"."""
+
+    def pick(leaf: Any) -> Any:
+        if isinstance(leaf, list):
+            return [pick(x) for x in leaf]
+        if not isinstance(leaf, dict) or "source" not in leaf:
+            return None
+        value = leaf.get(key)
+        return " ".join(f"{v:g}" for v in value) if key == "box" and isinstance(value, list) else value
+
+    return pick
+
+
+# Side columns beside each data column: (suffix, the record's structure shaped like data, leaf -> cell value).
+_CONFIDENCE = (CONFIDENCE_SUFFIX, "confidence", lambda leaf: leaf)
+_EVIDENCE = ((".page", "evidence", _evidence_part("page")), (".box", "evidence", _evidence_part("box")))
 
 
 class DirWriter:
