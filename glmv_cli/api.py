@@ -81,7 +81,8 @@ class Glmv:
     $GLMV_MODEL, else GLM-4.6V-Flash), `backend` ("local" or "openai"), `device`, `dtype`, `quant`,
     `revision`, `batch_size`, `base_url` (one or a list), `api_key`, `remote_model`, `concurrency`,
     `request_timeout`; `cache=False` turns the result cache off. `backend` may also be a Backend
-    object already made.
+    object already made. With `backend="vllm"` glmv starts `vllm serve` (`vllm_command`), sized for
+    `max_pages` and `max_tokens`, on first use and stops it on close(); `on_status` gets its start-up lines.
     """
 
     def __init__(
@@ -100,6 +101,11 @@ class Glmv:
         concurrency: int | None = None,
         request_timeout: float = 600,
         cache: bool = True,
+        vllm_command: str | None = None,
+        gpu_memory_utilization: float | None = None,
+        max_pages: int = 8,
+        max_tokens: int = 2048,
+        on_status: Callable[[str], None] | None = None,
     ):
         from glmv_cli.engine.factory import create_backend
 
@@ -123,6 +129,13 @@ class Glmv:
             remote_model=remote_model,
             concurrency=concurrency,
             request_timeout=request_timeout,
+            vllm={
+                "command": vllm_command,
+                "gpu_memory_utilization": gpu_memory_utilization,
+                "max_pages": max_pages,
+                "max_tokens": max_tokens,
+                "on_status": on_status,
+            },
         )
 
     # -- extract --------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ HEAVY_ALLOWED = {
     "engine/closing.py",
     "engine/steps.py",
     "engine/decode.py",
+    "engine/prefix.py",
     "engine/tiny.py",
 }
 # llguidance alone is light (a Rust extension, ~30 ms to import beside pydantic, no torch):

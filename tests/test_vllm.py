@@ -100,3 +100,36 @@ def test_ask_streams_from_vllm(vllm_url, tmp_path):
     run, heavy = glmv(tmp_path, *args, "--base-url", vllm_url)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.endswith("\n") and "tokens/s" in run.stderr and heavy == []
+
+
+def test_backend_vllm_runs_its_own_server_and_matches_a_hand_started_one(vllm_url, tmp_path):
+    """`--backend vllm` starts vllm serve on the trained checkpoint, runs the job, stops it: the records
+    equal `--backend openai` against a server started by hand on the same checkpoint."""
+    trained = ROOT / "models" / "glmv-tiny-trained"
+    sys.path.insert(0, str(ROOT / "tools"))
+    import synth_docs
+
+    synth_docs.write_folder(tmp_path / "docs", 20261210, 3, ("invoice",), forms=("pdf",))
+    common = ["extract", str(tmp_path / "docs"), "--schema", "invoice_number, date, total float", "--no-cache"]
+    common += ["--text-hint", "on", "-m", str(trained)]
+    env = {**vllm_server.server_env(), "PATH": os.environ["PATH"]}
+    managed = subprocess.run(
+        [sys.executable, "-m", "glmv_cli", *common, "--backend", "vllm", "--vllm-command", str(vllm_server.VLLM)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert managed.returncode == 0, managed.stderr[-2000:]
+    assert "vllm serve ready" in managed.stderr
+    hand = vllm_server.Server(trained, vllm_server.free_port(), tmp_path / "hand.log", trained.name)
+    try:
+        hand.wait_healthy()
+        remote = subprocess.run(
+            [sys.executable, "-m", "glmv_cli", *common, "--backend", "openai", "--base-url", f"{hand.base}/v1"],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    finally:
+        hand.stop()
+    assert remote.returncode == 0, remote.stderr[-2000:]
+    mine = [json.loads(line) for line in managed.stdout.splitlines()]
+    theirs = [json.loads(line) for line in remote.stdout.splitlines()]
+    assert [(r["file"], r["status"], r["data"]) for r in mine] == [(r["file"], r["status"], r["data"]) for r in theirs]
+    assert subprocess.run(["pgrep", "-f", "vllm serve .*glmv-tiny-trained"], capture_output=True).returncode == 1

@@ -107,10 +107,13 @@ def ask(
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    answer = glmv.ask(
-        sources, question, on_text=None if as_json else write, page=page, dpi=dpi, password=password,
-        text_hint=text_hint, max_tokens=max_tokens, temperature=temperature, think=think, names=files,
-    )  # fmt: skip
+    try:
+        answer = glmv.ask(
+            sources, question, on_text=None if as_json else write, page=page, dpi=dpi, password=password,
+            text_hint=text_hint, max_tokens=max_tokens, temperature=temperature, think=think, names=files,
+        )  # fmt: skip
+    finally:
+        glmv.close()
     if not as_json:
         sys.stdout.write("\n")
     timings = {**answer.timings, "inputs_s": round(answer.timings["inputs_s"] + fetch_s, 4)}

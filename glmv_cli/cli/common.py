@@ -38,7 +38,8 @@ BackendOpt = Annotated[
     typer.Option(
         "--backend",
         envvar="GLMV_BACKEND",
-        help="local (transformers on this machine) or openai (an OpenAI-compatible server at --base-url).",
+        help="local (transformers on this machine), openai (an OpenAI-compatible server at --base-url), or vllm "
+        "(glmv starts vllm serve, runs the job through it, and stops it).",
     ),
 ]
 BaseUrlOpt = Annotated[
@@ -113,4 +114,15 @@ AllowDirOpt = Annotated[
         file_okay=False,
         help="A folder whose files MCP clients may name by path (repeatable); others send files as base64.",
     ),
+]
+
+VllmCommandOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--vllm-command", envvar="GLMV_VLLM_COMMAND", help="With --backend vllm: the vllm executable (its environment)."
+    ),
+]
+GpuMemoryOpt = Annotated[
+    float | None,
+    typer.Option(min=0.05, max=1.0, help="With --backend vllm: the GPU memory share vLLM may take (its default: 0.9)."),
 ]

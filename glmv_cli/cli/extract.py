@@ -21,6 +21,7 @@ from glmv_cli.cli.common import (
     DeviceOpt,
     DpiOpt,
     DtypeOpt,
+    GpuMemoryOpt,
     ModelOpt,
     PasswordOpt,
     QuantOpt,
@@ -29,6 +30,7 @@ from glmv_cli.cli.common import (
     RevisionOpt,
     TextHintOpt,
     ThinkOpt,
+    VllmCommandOpt,
     handle_errors,
 )
 from glmv_cli.errors import ExitStatus, InputError, OutputError, UsageError
@@ -129,6 +131,8 @@ def extract(
     remote_model: RemoteModelOpt = None,
     concurrency: ConcurrencyOpt = None,
     request_timeout: RequestTimeoutOpt = 600,
+    vllm_command: VllmCommandOpt = None,
+    gpu_memory_utilization: GpuMemoryOpt = None,
 ) -> None:
     """Extract one validated record per document into JSONL (stdout), JSON or CSV.
 
@@ -197,6 +201,11 @@ def extract(
         concurrency=concurrency,
         request_timeout=request_timeout,
         cache=cache,
+        vllm_command=vllm_command,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_pages=max_pages,
+        max_tokens=max_tokens,
+        on_status=None if quiet else lambda line: console.print(line, markup=False, highlight=False),
     )
     options = extract_options(
         pages=page_list,
@@ -222,48 +231,52 @@ def extract(
         review_below=review_below,
         evidence=evidence,
     )
-    extractor = glmv.extractor(resolved, options)
-    backend = glmv.backend
-    stats = RunStats()
-    stats.start()
-    roots = [p for p in paths if p.is_dir()]
     try:
-        with (
-            ProgressView(console, total=len(files), verbose=verbose, quiet=quiet) as view,
-            _first_interrupt_stops(extractor, console),
-        ):
-            for record in extractor.run(files):
-                if dir_writer is not None:
-                    # One file per record: a file that cannot be written fails that document only.
-                    record = _write_one(lambda r: dir_writer.write(r, _relative(Path(r.file), roots)), record, ())
-                else:
-                    record = _write_one(writer.write, record, (OutputError, OSError))
-                stats.add(record)
-                view.update(record)
-    except BaseException:
-        if writer is not None:
-            writer.abort()  # a crash or a second Ctrl-C never leaves a half-written output file
-        raise
-    if writer is not None:
-        writer.close()
-    stats.stop()
-    stats.model_load_s = backend.load_s or None
-    summary = stats.summary()
-    summary["interrupted"] = extractor.stopped
-    if not quiet:
-        print_stats(console, summary)
-    if stats_json is not None:
-        import json
-
+        extractor = glmv.extractor(resolved, options)
+        backend = glmv.backend
+        stats = RunStats()
+        stats.start()
+        roots = [p for p in paths if p.is_dir()]
         try:
-            stats_json.write_text(json.dumps(summary, indent=2) + "\n")
-        except OSError as exc:
-            raise OutputError(f"cannot write {stats_json}: {exc.strerror or exc}") from exc
-    if extractor.stopped:
-        console.print(f"interrupted: {stats.done} of {len(files)} documents written; run again to finish")
-        raise typer.Exit(int(ExitStatus.INTERRUPTED))
-    if summary["docs_failed"] or (strict and summary["docs_review"]):
-        raise typer.Exit(int(ExitStatus.PARTIAL))
+            with (
+                ProgressView(console, total=len(files), verbose=verbose, quiet=quiet) as view,
+                _first_interrupt_stops(extractor, console),
+            ):
+                for record in extractor.run(files):
+                    if dir_writer is not None:
+                        # One file per record: a file that cannot be written fails that document only.
+                        record = _write_one(lambda r: dir_writer.write(r, _relative(Path(r.file), roots)), record, ())
+                    else:
+                        record = _write_one(writer.write, record, (OutputError, OSError))
+                    stats.add(record)
+                    view.update(record)
+        except BaseException:
+            if writer is not None:
+                writer.abort()  # a crash or a second Ctrl-C never leaves a half-written output file
+            raise
+        if writer is not None:
+            writer.close()
+        stats.stop()
+        stats.model_load_s = backend.load_s or None
+        summary = stats.summary()
+        summary["interrupted"] = extractor.stopped
+        if not quiet:
+            print_stats(console, summary)
+        if stats_json is not None:
+            import json
+
+            try:
+                stats_json.write_text(json.dumps(summary, indent=2) + "\n")
+            except OSError as exc:
+                raise OutputError(f"cannot write {stats_json}: {exc.strerror or exc}") from exc
+        if extractor.stopped:
+            console.print(f"interrupted: {stats.done} of {len(files)} documents written; run again to finish")
+            raise typer.Exit(int(ExitStatus.INTERRUPTED))
+        if summary["docs_failed"] or (strict and summary["docs_review"]):
+            raise typer.Exit(int(ExitStatus.PARTIAL))
+
+    finally:
+        glmv.close()  # a server glmv started (--backend vllm) stops with the run
 
 
 def _write_one(write: Callable[["Record"], Any], record: "Record", fatal: tuple[type[Exception], ...]) -> "Record":

@@ -10,7 +10,7 @@ from glmv_cli.engine.base import Backend
 from glmv_cli.engine.identity import local_identity
 from glmv_cli.errors import ModelLoadError, UsageError
 
-BACKENDS = ("local", "openai")
+BACKENDS = ("local", "openai", "vllm")
 LOCAL_NEEDS = "the local backend needs torch and transformers: pip install 'glmv[local]'"
 
 
@@ -28,8 +28,18 @@ def create_backend(
     remote_model: str | None = None,
     concurrency: int | None = None,
     request_timeout: float | None = None,
+    vllm: dict[str, Any] | None = None,
 ) -> Backend:
-    """local: transformers here, built (and torch imported) on first use; openai: an OpenAI-compatible server."""
+    """local: transformers here, built (and torch imported) on first use; openai: an OpenAI-compatible server;
+    vllm: a `vllm serve` glmv starts and stops (`vllm` holds ManagedVllmBackend's options)."""
+    if backend == "vllm":
+        from glmv_cli.engine.managed import ManagedVllmBackend
+
+        options = {"dtype": dtype, "quant": quant, "revision": revision}
+        options |= {k: v for k, v in (vllm or {}).items() if v is not None}
+        return ManagedVllmBackend(
+            model, concurrency=concurrency or batch_size, request_timeout=request_timeout, **options
+        )
     if backend == "openai":
         from glmv_cli.engine.remote import RemoteBackend  # httpx only: never torch
 
