@@ -83,6 +83,8 @@ class Glmv:
     `request_timeout`; `cache=False` turns the result cache off. `backend` may also be a Backend
     object already made. With `backend="vllm"` glmv starts `vllm serve` (`vllm_command`), sized for
     `max_pages` and `max_tokens`, on first use and stops it on close(); `on_status` gets its start-up lines.
+    `prefix_cache_mb` keeps that much of recent prompt prefixes (page images) for follow-up questions and
+    for several schemas over the same documents (local backend; off by default).
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class Glmv:
         max_pages: int = 8,
         max_tokens: int = 2048,
         on_status: Callable[[str], None] | None = None,
+        prefix_cache_mb: int = 0,
     ):
         from glmv_cli.engine.factory import create_backend
 
@@ -136,6 +139,7 @@ class Glmv:
                 "max_tokens": max_tokens,
                 "on_status": on_status,
             },
+            prefix_cache_mb=prefix_cache_mb,
         )
 
     # -- extract --------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def test_follow_up_questions_prefill_only_their_own_tokens():
     want = [g.text for g in plain.generate(_requests(image))]
     assert plain.prefixes.stats()["hits"] == 0
 
-    reuse = LocalBackend(str(TRAINED))
+    reuse = LocalBackend(str(TRAINED), prefix_cache_mb=64)
     first = reuse.generate(_requests(image)[:1])  # prefills the page, keeps its prefix
     rest = reuse.generate(_requests(image)[1:])  # both hit, prefilled alone, joined into one batch
     stats = reuse.prefixes.stats()

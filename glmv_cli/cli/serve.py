@@ -43,6 +43,9 @@ def serve(
         bool, typer.Option("--allow-urls/--no-urls", help="Fetch https image URLs (public addresses only).")
     ] = True,
     allow_http: Annotated[bool, typer.Option(help="Also fetch plain http image URLs.")] = False,
+    prefix_cache_mb: Annotated[
+        int, typer.Option(min=0, help="Memory for kept prompt prefixes (page images) that follow-up questions reuse.")
+    ] = 1024,
     mcp: Annotated[
         bool, typer.Option("--mcp/--no-mcp", help="Serve glmv's MCP tools (extract, ask, schemas) at /mcp.")
     ] = True,
@@ -72,7 +75,15 @@ def serve(
         )
     name = served_model_name or model.rstrip("/").split("/")[-1]
     started = time.perf_counter()
-    backend = create_backend(model, device=device, dtype=dtype, quant=quant, revision=revision, batch_size=max_batch)
+    backend = create_backend(
+        model,
+        device=device,
+        dtype=dtype,
+        quant=quant,
+        revision=revision,
+        batch_size=max_batch,
+        prefix_cache_mb=prefix_cache_mb,
+    )
     backend.max_image_pixels()  # loads the model now: /health answers only once it is ready
     sys.stderr.write(f"glmv serve: model loaded in {time.perf_counter() - started:.1f}s\n")
     config = ServeConfig(

@@ -29,6 +29,7 @@ def create_backend(
     concurrency: int | None = None,
     request_timeout: float | None = None,
     vllm: dict[str, Any] | None = None,
+    prefix_cache_mb: int = 0,
 ) -> Backend:
     """local: transformers here, built (and torch imported) on first use; openai: an OpenAI-compatible server;
     vllm: a `vllm serve` glmv starts and stops (`vllm` holds ManagedVllmBackend's options)."""
@@ -53,6 +54,8 @@ def create_backend(
     if backend != "local":
         raise UsageError(f"unknown --backend {backend!r}", "choose " + " or ".join(BACKENDS))
     options = {"device": device, "dtype": dtype, "quant": quant, "revision": revision, "batch_size": batch_size}
+    if prefix_cache_mb:
+        options["prefix_cache_mb"] = prefix_cache_mb
     return cast(Backend, LazyLocalBackend(model, **options))
 
 

@@ -10,7 +10,7 @@ from typing import Any
 def local_identity(model: str, options: dict[str, Any]) -> dict[str, Any]:
     """What changes a local model's answers; a local folder counts by its weights, not its spelling."""
     digest = folder_digest(model)
-    opts = {k: v for k, v in options.items() if k != "batch_size"}
+    opts = {k: v for k, v in options.items() if k not in ("batch_size", "prefix_cache_mb")}  # speed, not answers
     return {"backend": "transformers", "model": "local-folder" if digest else model, "weights": digest, **opts}
 
 

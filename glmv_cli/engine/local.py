@@ -24,9 +24,10 @@ from glmv_cli.engine.steps import RowSteps, StepProcessor
 from glmv_cli.engine.text import THINK_CLOSE, AnswerFilter, split_thinking
 
 _MODELS: dict[tuple, LoadedModel] = {}
-# Kept prompt prefixes (page images): GLM-4.6V-Flash keeps about 40 KB per token in bf16, 140 MB for an
-# A4 page at 150 dpi, so about 7 pages.
-PREFIX_CACHE_MB = 1024
+# Kept prompt prefixes (page images) for follow-up questions, off by default: a batch of distinct
+# documents never asks twice. glmv serve keeps 1 GB: GLM-4.6V-Flash holds about 40 KB per token in
+# bf16, 140 MB for an A4 page at 150 dpi, so about 7 pages.
+PREFIX_CACHE_MB = 0
 CPU_TOKEN_BUDGET = 8 * 8192  # no device memory to size by on CPU: eight rows of 8k tokens
 GPU_MEMORY_SHARE = 0.6  # of the memory free once the weights are in, for the KV cache and activations
 # Prompt tokens per prefill (rows x longest prompt), vLLM's default batched-token limit too: short
