@@ -6,7 +6,7 @@ TINY := build/tiny-glm4v
 TRAINED := models/glmv-tiny-trained
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: install test test-slow test-gpu test-vllm lint format tiny train-tiny eval-trained demo bench vllm fuzz clean
+.PHONY: install test test-slow test-gpu test-vllm lint format tiny train-tiny eval-trained demo bench vllm fuzz clean gpu-wheels gpu-check
 
 install:  ## create .venv and install glmv (editable) with the dev tools, CPU torch pinned
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -73,3 +73,21 @@ fuzz:  ## 10,000 mutated corpus images and PDFs through the input layer; non-zer
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
+
+# The GPU check (tools/gpu_check.py) runs on a CUDA machine with torch, torchvision and transformers but no
+# network: gpu-wheels gathers here what it lacks (Python 3.12, x86-64), under 64 MiB; bitsandbytes (about
+# 100 MB) does not fit, so 4-bit NF4 is measured only where the machine has it.
+GPU_WHEELS := build/gpu-wheels
+GPU_PACKAGES := llguidance pypdfium2 typer rich click shellingham markdown-it-py mdurl pygments pydantic \
+	pydantic-core annotated-types typing-inspection typing-extensions pytest pluggy iniconfig packaging
+
+gpu-wheels:  ## wheels for the GPU check, for a machine with no network (x86-64, Python 3.12; under 64 MiB)
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(BIN)/python -m pip download --isolated $$(c=$$($(BIN)/python -m pip config get global.cert 2>/dev/null) && echo "--cert $$c") \
+		--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d $(GPU_WHEELS) $(GPU_PACKAGES)
+	@du -sm $(GPU_WHEELS) | awk '{ if ($$1 > 64) { print "gpu-wheels: " $$1 " MiB, over 64"; exit 1 } else print "gpu-wheels: " $$1 " MiB" }'
+
+gpu-check:  ## on a CUDA machine: GLM-4.6V-Flash at full size, random weights; JSON in $$GLMV_GPU_CHECK_OUT (at most 8 min)
+	python3 -m pip install -q --no-index --find-links $(GPU_WHEELS) $(GPU_PACKAGES) || true
+	PYTHONPATH=$(CURDIR) timeout 480 python3 tools/gpu_check.py
