@@ -157,7 +157,9 @@ class Glmv:
 
         resolved = as_schema(schema)
         check_schema(resolved)
-        paths, names, cleanup = _materialise(inputs)
+        paths, names, cleanup, roots = _materialise(inputs)
+        # As the CLI: a link inside a folder that leads out of the paths given is refused, not read.
+        options.setdefault("roots", roots)
         opts = extract_options(batch_size=self.batch_size, use_cache=self.use_cache, **options)
         return Extraction(self.extractor(resolved, opts), paths, names, cleanup)
 
@@ -321,27 +323,30 @@ def _loadable(source: Any) -> str | bytes:
     raise UsageError(f"an input is a path, bytes or a PIL image, not {type(source).__name__}")
 
 
-def _materialise(inputs: Any) -> tuple[list[Path], dict[str, str], Callable | None]:
+def _materialise(inputs: Any) -> tuple[list[Path], dict[str, str], Callable | None, list[Path]]:
     """Paths for the pipeline: folders walked, in-memory inputs written to a private temporary folder
-    (their records are named `<input N>`)."""
-    from glmv_cli.inputs import discover
+    (their records are named `<input N>`); and the roots files must resolve inside."""
+    from glmv_cli.inputs import discover, roots_of
 
     paths: list[Path] = []
     names: dict[str, str] = {}
+    roots: list[Path] = []
     tmp: tempfile.TemporaryDirectory | None = None
     for n, item in enumerate(_listed(inputs)):
         if isinstance(item, (str, Path)):
             paths.extend(discover([Path(item)]))
+            roots += roots_of([item])
             continue
         if tmp is None:
             tmp = tempfile.TemporaryDirectory(prefix="glmv-inputs-")
+            roots += roots_of([tmp.name])
         path = Path(tmp.name) / f"input-{n + 1}"
         path.write_bytes(_loadable(item))
         names[str(path)] = f"<input {n + 1}>"
         paths.append(path)
     if not paths:
         raise UsageError("no images or PDFs to extract from")
-    return paths, names, tmp.cleanup if tmp is not None else None
+    return paths, names, tmp.cleanup if tmp is not None else None, roots
 
 
 def _timings(gen: Generation, load_inputs_s: float, glmv: Glmv) -> dict[str, Any]:

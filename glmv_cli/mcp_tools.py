@@ -88,6 +88,8 @@ def create_mcp(glmv: Glmv, allow_dirs: list[Path] | None = None, *, http: bool =
             raise ToolError("give paths or files")
 
         def run() -> list[dict[str, Any]]:
+            # The API confines reads to the paths given: a link in an allowed folder that leads out of it
+            # is a failed record, never read.
             records = glmv.extract(inputs, resolved, text_hint=text_hint, max_pages=max_pages)
             out = []
             for record in records:

@@ -58,6 +58,14 @@ async def _exercise(session: ClientSession, docs: Path) -> None:
     answer = _result(await session.call_tool("ask", {"path": str(pdf), "question": "What is the invoice number?"}))
     assert answer["finish_reason"] == "stop" and answer["answer"].strip()  # ask is right about half the time
 
+    # The allowed folder, whole: its link out is a failed record, never read; the invoices are read.
+    folder = _result(
+        await session.call_tool("extract", {"schema": "invoice_number, total float", "paths": [str(docs / "allowed")]})
+    )
+    by_name = {Path(r["file"]).name: r for r in folder}
+    assert by_name["link.png"]["error_code"] == "symlink_outside" and by_name["link.png"]["data"] is None
+    assert by_name[pdf.name]["status"] == "ok"
+
     for outside in (docs / "secret.png", docs / "allowed" / "link.png", docs / "allowed" / ".." / "secret.png"):
         refused = await session.call_tool("extract", {"schema": "invoice", "paths": [str(outside)]})
         assert refused.isError and "outside the folders" in refused.content[0].text
