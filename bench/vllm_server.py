@@ -120,7 +120,15 @@ class Server(ServerProcess):
 
     name = "vllm serve"
 
-    def __init__(self, checkpoint: Path, port: int, log: Path, served_name: str, max_model_len: int = 16384):
+    def __init__(
+        self,
+        checkpoint: Path,
+        port: int,
+        log: Path,
+        served_name: str,
+        max_model_len: int = 16384,
+        extra_args: tuple[str, ...] = (),
+    ):
         config = json.dumps({"backend": STRUCTURED_BACKEND, "disable_any_whitespace": True})
         cmd = [
             str(VLLM),
@@ -138,5 +146,6 @@ class Server(ServerProcess):
             "0",
             "--structured-outputs-config",
             config,
+            *extra_args,
         ]
         super().__init__(cmd, port, log, server_env())

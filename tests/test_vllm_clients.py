@@ -1,0 +1,38 @@
+"""The structured-output clients against vLLM serving the trained checkpoint: what they get from glmv serve
+(test_clients.py) they also get from the real engine, so glmv's remote path and vLLM agree.
+
+Opt-in with the other vLLM tests: `make test-vllm`. vLLM parses GLM's tool calls with its `glm45` parser.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import vllm_server
+from tests.conftest import ROOT
+from tests.test_clients import (  # noqa: F401 - collected here against vLLM
+    invoice,
+    test_instructor,
+    test_langchain_with_structured_output,
+    test_openai_tools_forced_call,
+)
+
+pytestmark = pytest.mark.vllm
+TRAINED = ROOT / "models" / "glmv-tiny-trained"
+
+
+@pytest.fixture(scope="module")
+def served(request, tmp_path_factory):
+    expr = request.config.getoption("markexpr") or ""
+    if "vllm" not in expr or "not vllm" in expr:
+        pytest.skip("starts a vLLM server: run with `make test-vllm` (pytest -m vllm)")
+    if not vllm_server.available():
+        pytest.skip(".venv-vllm is absent: `make vllm` builds it (../shared/VLLM-CPU.md)")
+    log = tmp_path_factory.mktemp("vllm-clients") / "server.log"
+    tools = ("--enable-auto-tool-choice", "--tool-call-parser", "glm45")
+    server = vllm_server.Server(TRAINED, vllm_server.free_port(), log, TRAINED.name, extra_args=tools)
+    try:
+        server.wait_healthy()
+        yield f"{server.base}/v1"
+    finally:
+        server.stop()
