@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -62,12 +62,15 @@ def _alive(pid: int) -> bool:
 
 
 def _wait_dead(pid: int, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    """Wait for the process to end (the event: its pidfd turns readable), at most `timeout` seconds."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
 
 
 def test_vllm_flags_follow_glmvs_options():
@@ -110,13 +113,13 @@ def test_sigkilled_glmv_leaves_no_server(fake_vllm, tmp_path):
     killed outright: the parent-death signal still takes the server down."""
     script = textwrap.dedent(
         f"""
-        import sys, threading, time
+        import signal, threading
         from glmv_cli.engine.managed import ManagedVllmBackend
         backend = ManagedVllmBackend("m", command={str(fake_vllm)!r})
         t = threading.Thread(target=lambda: backend.remote)
         t.start(); t.join()
         print("ready", flush=True)
-        time.sleep(600)
+        signal.pause()  # until killed
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=os.environ)
