@@ -70,14 +70,24 @@ def vllm_command(
     return cmd + list(extra)
 
 
-class VllmServer:
-    """One `vllm serve` process group, its output in a log file; stop() ends the whole group."""
+class ServerProcess:
+    """An HTTP server command in its own process group, its output in `log`; stop() ends the whole group.
 
-    def __init__(self, cmd: list[str], port: int, log: Path, env: dict[str, str] | None = None):
-        self.cmd, self.port, self.log = cmd, port, log
-        self.base_url = f"http://127.0.0.1:{port}/v1"
+    `name` is how errors call it; `grace` is how long stop() waits after SIGTERM before SIGKILL. The
+    bench's servers (bench/vllm_server.py) are these too.
+    """
+
+    name = "server"
+    grace = 30.0
+
+    def __init__(
+        self, cmd: list[str], port: int, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ):
+        self.cmd, self.port, self.log, self.env, self.cwd = cmd, port, log, env, cwd
+        self.base = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
         self._log: Any = None
+        self._stopped = threading.Event()
 
     def start(self) -> None:
         """Start it from a thread that lives until stop(): the parent-death signal fires when the thread
@@ -90,19 +100,20 @@ class VllmServer:
             try:
                 self.proc = subprocess.Popen(
                     self.cmd,
+                    cwd=self.cwd,
+                    env=self.env,
                     stdout=self._log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,  # its own group: Ctrl-C in the terminal reaches glmv, which stops it
-                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - one libc call before exec
+                    preexec_fn=die_with_parent,  # noqa: PLW1509 - one libc call before exec
                 )
             except OSError as exc:
                 failure.append(exc)
             started.set()
             self._stopped.wait()
 
-        self._stopped = threading.Event()
-        threading.Thread(target=parent, name="glmv-vllm-parent", daemon=True).start()
+        threading.Thread(target=parent, name=f"{self.name}-parent", daemon=True).start()
         started.wait()
         if failure:
             self._log.close()
@@ -114,17 +125,17 @@ class VllmServer:
         started = time.monotonic()
         while time.monotonic() - started < timeout:
             if self.proc.poll() is not None:
-                raise ModelLoadError(f"vllm serve exited with {self.proc.returncode}: {self.log_tail()}")
+                raise ModelLoadError(f"{self.name} exited with {self.proc.returncode}: {self.log_tail()}")
             with (
                 contextlib.suppress(OSError, urllib.error.URLError),
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response,
+                urllib.request.urlopen(f"{self.base}/health", timeout=2) as response,
             ):
                 if response.status == 200:
                     return
             if on_wait is not None:
                 on_wait(time.monotonic() - started)
             time.sleep(0.5)
-        raise ModelLoadError(f"vllm serve was not ready after {timeout:.0f} s: {self.log_tail()}")
+        raise ModelLoadError(f"{self.name} was not ready after {timeout:.0f} s: {self.log_tail()}")
 
     def log_tail(self, lines: int = 5) -> str:
         if self._log is not None and not self._log.closed:
@@ -135,16 +146,16 @@ class VllmServer:
             return "no log"
         return " | ".join(line.strip()[:200] for line in text[-lines:]) or "no output"
 
-    def stop(self, grace: float = 30.0) -> None:
-        """SIGTERM the process group, SIGKILL what is left after `grace` seconds."""
+    def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL what is left after `grace` seconds (engine workers)."""
         if self.proc is None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=grace)
+            self.proc.wait(timeout=self.grace)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # engine workers that outlived the API server
+            os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
         if self._log is not None:
@@ -178,7 +189,7 @@ class ManagedVllmBackend(Backend):
         self.served_name = served_name or model.rstrip("/").split("/")[-1]
         self.options, self.concurrency, self.request_timeout = options, concurrency, request_timeout
         self.start_timeout, self.on_status = start_timeout, on_status
-        self.server: VllmServer | None = None
+        self.server: ServerProcess | None = None
         self._remote: Backend | None = None
         self._lock = threading.Lock()
 
@@ -192,10 +203,11 @@ class ManagedVllmBackend(Backend):
     def _start(self) -> Backend:
         from glmv_cli.engine.remote import RemoteBackend
 
-        port = _free_port()
+        port = free_port()
         cmd = vllm_command(self.executable, self.model_id, port=port, served_name=self.served_name, **self.options)
         log = Path(tempfile.mkdtemp(prefix="glmv-vllm-")) / "vllm-serve.log"
-        server = VllmServer(cmd, port, log)
+        server = ServerProcess(cmd, port, log)
+        server.name = "vllm serve"
         self._status(f"starting vllm serve for {self.model_id} (log: {log})")
         server.start()
         self.server = server
@@ -204,9 +216,9 @@ class ManagedVllmBackend(Backend):
         except BaseException:
             self.close()
             raise
-        self._status(f"vllm serve ready at {server.base_url}")
+        self._status(f"vllm serve ready at {server.base}/v1")
         return RemoteBackend(
-            [server.base_url],
+            [f"{server.base}/v1"],
             model=self.served_name,
             concurrency=self.concurrency,
             request_timeout=self.request_timeout,
@@ -248,13 +260,13 @@ class ManagedVllmBackend(Backend):
             self.server = None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the server process, before exec: SIGTERM when glmv dies, however it dies."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
