@@ -93,18 +93,15 @@ def test_calls_read_back_typed_by_the_schema():
     assert parse_tool_calls("no call here", tools) == ("no call here", [])
 
 
-def test_template_renders_a_call_as_the_grammar_writes_it(tiny_model):
+def test_template_renders_a_call_as_the_grammar_writes_it(tokenizer):
     """A past call, rendered by the chat template, is exactly the text the grammar accepts and the parser reads."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_model)
     _, calls = parse_tool_calls(CALL, functions([SAVE]))
     messages = [
         {"role": "user", "content": "Save it."},
         {"role": "assistant", "content": "", "tool_calls": template_calls([calls[0].openai()])},
         {"role": "tool", "content": "saved"},
     ]
-    text = tok.apply_chat_template(messages, tools=[SAVE], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(messages, tools=[SAVE], tokenize=False, add_generation_prompt=True)
     assert CALL.replace("12.50", "12.5") in text
     assert "<|observation|>\n<tool_response>\nsaved\n</tool_response>" in text
 

