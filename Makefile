@@ -6,7 +6,7 @@ TINY := build/tiny-glm4v
 TRAINED := models/glmv-tiny-trained
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: install test test-slow test-gpu test-vllm lint format tiny train-tiny eval-trained demo bench vllm fuzz clean gpu-wheels gpu-check
+.PHONY: install test test-browser chromium test-slow test-gpu test-vllm lint format tiny train-tiny eval-trained demo bench vllm fuzz clean gpu-wheels gpu-check
 
 install:  ## create .venv and install glmv (editable) with the dev tools, CPU torch pinned
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,9 +16,20 @@ install:  ## create .venv and install glmv (editable) with the dev tools, CPU to
 # each glmv it starts) oversubscribes them (on 2 cores: 282 s with it, 158 s with a thread per worker).
 TEST_THREADS := $(shell echo $$(( ($$(nproc 2>/dev/null || echo 2) + 1) / 2 )))
 
-test:  ## the hermetic test suite, two workers (each builds the tiny checkpoint once); slow corpus runs excluded
+test:  ## the hermetic test suite, two workers (each builds the tiny checkpoint once), then the browser test
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(TEST_THREADS)} MKL_NUM_THREADS=$${MKL_NUM_THREADS:-$(TEST_THREADS)} \
-		$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadgroup
+		$(BIN)/python -m pytest -q -m "not slow and not browser" -n 2 --dist loadgroup
+	$(MAKE) test-browser
+
+test-browser: chromium  ## glmv review's page in headless Chromium, driven by Playwright (a screenshot in build/test-artifacts/)
+	GLMV_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -m browser
+
+CHROMIUM ?= /usr/bin/chromium
+chromium:  ## Debian's Chromium for the browser test, installed when missing (needs root or sudo)
+	@test -x $(CHROMIUM) || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium \
+		|| { $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }; }
 
 test-slow:  ## the slow end-to-end runs over ../shared/corpus (e.g. SIGKILL at 5 moments, then re-run)
 	$(BIN)/python -m pytest -q -m slow

@@ -167,8 +167,11 @@ class Glmv:
         """The pipeline itself, for callers that drive a run (the CLI: progress, Ctrl-C)."""
         from glmv_cli.extraction.pipeline import Extractor
         from glmv_cli.extraction.schemas import as_schema
+        from glmv_cli.review.store import CorrectionStore
 
-        return Extractor(self.backend, as_schema(schema), options, cache=self.cache if options.use_cache else None)
+        cache = self.cache if options.use_cache else None
+        corrections = CorrectionStore(cache.folder) if cache is not None else None
+        return Extractor(self.backend, as_schema(schema), options, cache=cache, corrections=corrections)
 
     @property
     def cache(self) -> Any:

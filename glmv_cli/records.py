@@ -46,6 +46,11 @@ class Record(BaseModel):
     # shaped like data: each leaf's {page, box: [x0, y0, x1, y1] in 0-1 of the page, source} or None;
     # left out of the JSON when the document has no evidence at all (no text layer)
     evidence: Any = None
+    # set once a person decided fields in `glmv review`: the decided fields' original values, in review_log
+    reviewed: bool | None = None
+    review_log: list[dict[str, Any]] | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True, exclude={"evidence"} if self.evidence is None else None)
+        """The record's JSON form; evidence and the review fields only where they exist."""
+        optional = ("evidence", "reviewed", "review_log")
+        return self.model_dump(mode="json", by_alias=True, exclude={k for k in optional if getattr(self, k) is None})

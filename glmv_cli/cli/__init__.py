@@ -11,6 +11,7 @@ from glmv_cli.cli import eval as eval_cmd
 from glmv_cli.cli import extract as extract_cmd
 from glmv_cli.cli import light_help
 from glmv_cli.cli import mcp as mcp_cmd
+from glmv_cli.cli import review as review_cmd
 from glmv_cli.cli import schemas as schemas_cmd
 from glmv_cli.cli import serve as serve_cmd
 
@@ -67,6 +68,7 @@ def _root(
 app.command("extract")(extract_cmd.extract)
 app.command("ask")(ask_cmd.ask)
 app.command("eval")(eval_cmd.eval_)
+app.command("review")(review_cmd.review)
 app.command("serve")(serve_cmd.serve)
 app.command("mcp")(mcp_cmd.mcp)
 app.add_typer(schemas_cmd.app, name="schemas")

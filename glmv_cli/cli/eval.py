@@ -17,19 +17,38 @@ class EvalFormat(StrEnum):
 @handle_errors
 def eval_(
     predictions: Annotated[Path, typer.Argument(help="JSONL of records from `glmv extract`.")],
-    truth: Annotated[Path, typer.Argument(help="Folder of <stem>.truth.json files, or a JSONL with a 'file' key.")],
+    truth: Annotated[
+        Path | None,
+        typer.Argument(help="Folder of <stem>.truth.json files, or a JSONL with a 'file' key (or --corrections)."),
+    ] = None,
     map_: Annotated[
         str | None,
         typer.Option("--map", help="Truth key -> schema field map: a JSON file or a shipped name (sroie, ...)."),
     ] = None,
     format_: Annotated[EvalFormat, typer.Option("--format", help="text (a table) or json.")] = EvalFormat.text,
+    corrections: Annotated[
+        bool,
+        typer.Option("--corrections", help="Truth is what people decided in `glmv review` (fully reviewed documents)."),
+    ] = False,
 ) -> None:
     """Per-field precision, recall and F1 of extraction records against ground truth."""
     import json
 
+    from glmv_cli.errors import UsageError
     from glmv_cli.evaluation import evaluate
 
-    report = evaluate(predictions, truth, map_)
+    if (truth is None) == (not corrections):
+        raise UsageError("give a truth folder or file, or --corrections (one of them)")
+    if corrections:
+        from glmv_cli.evaluation.sources import read_predictions
+        from glmv_cli.review.store import CorrectionStore, reviewed_truth
+
+        expected = reviewed_truth(list(read_predictions(predictions).values()), CorrectionStore())
+        if not expected:
+            raise UsageError("no fully reviewed document among these records", "decide every field in `glmv review`")
+        report = evaluate(predictions, expected, map_)
+    else:
+        report = evaluate(predictions, truth, map_)
     if format_ is EvalFormat.json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:

@@ -78,10 +78,11 @@ class Report:
         return asdict(self)
 
 
-def evaluate(predictions: Path, truth: Path, map_spec: str | None = None) -> Report:
-    """Score a JSONL of records against ground truth, optionally renaming truth keys with a map."""
+def evaluate(predictions: Path, truth: Path | dict[str, Any], map_spec: str | None = None) -> Report:
+    """Score a JSONL of records against ground truth (a path, or truth by document key, e.g. from
+    reviewed_truth), optionally renaming truth keys with a map."""
     records = read_predictions(predictions)
-    truths = read_truth(truth)
+    truths = truth if isinstance(truth, dict) else read_truth(truth)
     fields = load_map(map_spec) if map_spec else None
     scored = scope(fields) if fields else None
     docs: list[DocumentScore] = []

@@ -37,6 +37,7 @@ from glmv_cli.extraction.schemas import ResolvedSchema
 from glmv_cli.inputs import DEFAULT_MAX_FILE_SIZE, Document, fit_for_vision, load_document, read_file
 from glmv_cli.inputs.render import PdfRenderer
 from glmv_cli.records import Record, Timings
+from glmv_cli.review.store import CorrectionStore, apply_decisions
 
 VISUAL_TOKEN_PIXELS = 28 * 28  # one visual token per 28x28 px after the processor's resize
 FATAL = (ModelLoadError, UsageError)  # the model cannot run at all: no document could succeed
@@ -130,11 +131,14 @@ class Extractor:
         schema: ResolvedSchema,
         options: ExtractOptions | None = None,
         cache: ResultCache | None = None,
+        corrections: CorrectionStore | None = None,
     ):
         self.backend = backend
         self.schema = schema
         self.options = options or ExtractOptions()
         self.cache = cache if self.options.use_cache else None
+        # a person's decisions in `glmv review` flow back, with the cache, unless --refresh
+        self.corrections = corrections if self.cache is not None and not self.options.refresh else None
         self.json_schema = constraint_schema(schema.json_schema())
         self._cache_lock = threading.Lock()
         self._stop = threading.Event()
@@ -289,8 +293,36 @@ class Extractor:
         """Yield one record per document (per page with per_page), in input order.
 
         After stop(), the batch in flight finishes, every complete document is yielded (still in
-        input order, with gaps where documents were left unfinished), and the run ends.
+        input order, with gaps where documents were left unfinished), and the run ends. A document
+        someone reviewed (`glmv review`) comes with their decisions applied.
         """
+        records = self._run(paths)
+        try:
+            for record in records:
+                yield self._corrected(record)
+        finally:
+            records.close()
+
+    def _corrected(self, record: Record) -> Record:
+        if self.corrections is None or self.options.per_page or record.status == "duplicate":
+            return record
+        decisions = self.corrections.decisions(record.sha256, record.schema_name)
+        if not decisions:
+            return record
+        applied = apply_decisions({"data": record.data}, decisions)
+        return record.model_copy(
+            update={
+                "data": applied["data"],
+                "reviewed": True,
+                "review_log": applied["review_log"],
+                "status": "ok",
+                "review_reasons": None,
+                "error": None,
+                "error_code": None,
+            }
+        )
+
+    def _run(self, paths: Sequence[str | Path]) -> Iterator[Record]:
         size = self.options.batch_size  # the backend's default is asked for only once a model is needed
         # Memory is bounded by bytes (the gate) plus the few documents being read ahead of it.
         pending: queue.Queue[LoadTask | None] = queue.Queue(maxsize=self.options.workers + 2)

@@ -1,0 +1,1 @@
+"""glmv review: a person checks and corrects records in a local page; decisions flow back."""
