@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from glmv_cli.records import Record
 
 TEXT_HINT_MODES = ("auto", "on", "off")
+EVIDENCE_MODES = ("text", "model", "all", "off")
 Source = str | Path | bytes | Any  # a path, a file's bytes, or a PIL image
 
 
@@ -160,7 +161,8 @@ class Glmv:
         paths, names, cleanup, roots = _materialise(inputs)
         # As the CLI: a link inside a folder that leads out of the paths given is refused, not read.
         options.setdefault("roots", roots)
-        opts = extract_options(batch_size=self.batch_size, use_cache=self.use_cache, **options)
+        options.setdefault("use_cache", self.use_cache)
+        opts = extract_options(batch_size=self.batch_size, **options)
         return Extraction(self.extractor(resolved, opts), paths, names, cleanup)
 
     def extractor(self, schema: Any, options: ExtractOptions) -> Extractor:
@@ -294,6 +296,8 @@ def extract_options(**options: Any) -> ExtractOptions:
         raise TypeError(f"unknown extract option {unknown[0]!r}; known: {', '.join(sorted(known | set(generation)))}")
     if options.get("text_hint", "auto") not in TEXT_HINT_MODES:
         raise UsageError(f"unknown text_hint {options['text_hint']!r}", "choose auto, on or off")
+    if options.get("evidence", "text") not in EVIDENCE_MODES:
+        raise UsageError(f"unknown evidence {options['evidence']!r}", "choose text, model, all or off")
     if "settings" not in options:
         # log-probabilities always: every value gets a confidence, in the records and for review_below
         options["settings"] = GenerationSettings(

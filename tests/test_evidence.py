@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -99,3 +100,114 @@ def test_extract_gives_right_values_their_boxes(tmp_path):
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     assert rows and {"total.page", "total.box"} <= set(rows[0])
     assert any(row["total.page"] == "1" and len(row["total.box"].split()) == 4 for row in rows)
+
+
+# --- the grounding pass (--evidence model|all) --------------------------------------------------------
+
+
+def test_grounding_boxes_parse_or_are_null():
+    from glmv_cli.extraction.grounding import parse_box, targets
+
+    assert parse_box("[100, 200, 300, 400]") == [0.1, 0.2, 0.3, 0.4]
+    assert parse_box("the total is at [[5,6,900,1000]] here") == [0.005, 0.006, 0.9, 1.0]
+    for bad in ("", "no box", "[1,2,3]", "[300,200,100,400]", "[1,2,3,1001]", "[a,b,c,d]", None):
+        assert parse_box(bad) is None
+    data = {"total": 12.5, "vendor": "Acme", "due": None, "items": [{"amount": 3.0, "paid": True}]}
+    evidence = {"total": {"page": 1, "box": [0, 0, 1, 1], "source": "text"}, "vendor": None}
+    confidence = {"total": 0.1, "vendor": 0.95, "items": [{"amount": 0.2}]}
+    assert [t[0] for t in targets(data, evidence, confidence, None)] == [("vendor",), ("items", 0, "amount")]
+    assert targets(data, evidence, confidence, 0.9) == [(("items", 0, "amount"), "amount", 3.0)]
+
+
+class _Grounded:
+    """The trained checkpoint for extraction; grounding requests answered with a box for known values only."""
+
+    def __init__(self, inner, boxes):
+        self.inner, self.boxes, self.grounding_calls = inner, boxes, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def generate(self, requests):
+        from glmv_cli.engine.base import Generation
+
+        out, pending = {}, []
+        for i, r in enumerate(requests):
+            if r.prompt.startswith("Locate "):
+                self.grounding_calls += 1
+                found = next((box for value, box in self.boxes.items() if f'"{value}"' in r.prompt), "no idea")
+                out[i] = Generation(text=found, tag=r.tag)
+            else:
+                pending.append(i)
+        if pending:
+            for i, gen in zip(pending, self.inner.generate([requests[i] for i in pending]), strict=True):
+                out[i] = gen
+        return [out[i] for i in range(len(requests))]
+
+
+def test_evidence_model_places_what_the_text_layer_cannot(tmp_path, monkeypatch):
+    """An image has no text layer: --evidence all asks the model for every value; a box or null, cached."""
+    from glmv_cli import Glmv
+    from glmv_cli.engine.factory import create_backend
+
+    monkeypatch.setenv("GLMV_CACHE_DIR", str(tmp_path / "cache"))
+    inner = create_backend(str(ROOT / "models" / "glmv-tiny-trained"))
+    first = list(Glmv(backend=inner).extract([SAMPLES / "invoice-acme.png"], schema="invoice", use_cache=False))[0]
+    data = first.data
+    value = next(v for v in data.values() if isinstance(v, (int, float)) and not isinstance(v, bool))
+    backend = _Grounded(inner, {value: "<|begin_of_box|>[100,200,300,400]<|end_of_box|>"})
+    glmv = Glmv(backend=backend)
+    record = list(glmv.extract([SAMPLES / "invoice-acme.png"], schema="invoice", evidence="all"))[0]
+    assert record.status in ("ok", "review") and record.data == data
+    leaves = [e for e in record.evidence.values() if not isinstance(e, list)]
+    placed = [e for e in leaves if e is not None]
+    assert placed and all(e == {"page": 1, "box": [0.1, 0.2, 0.3, 0.4], "source": "model"} for e in placed)
+    assert any(e is None for e in leaves), "a value with no box in the answer keeps null evidence"
+    calls = backend.grounding_calls
+    assert calls >= len([v for v in data.values() if v is not None and not isinstance(v, (list, bool))])
+    again = list(glmv.extract([SAMPLES / "invoice-acme.png"], schema="invoice", evidence="all"))[0]
+    assert again.cached and again.evidence == record.evidence and backend.grounding_calls == calls
+
+    # model: only the doubtful values (under --review-below) are asked about.
+    backend.grounding_calls = 0
+    doubtful = list(glmv.extract([SAMPLES / "invoice-acme.png"], schema="invoice", evidence="model", review_below=0))[0]
+    assert backend.grounding_calls == 0 and doubtful.evidence is None
+
+
+def test_evidence_model_on_the_real_engine_never_fails_a_record(tmp_path):
+    """The trained checkpoint itself, unprompted for boxes: whatever it answers, evidence is a box or null."""
+    out = tmp_path / "p.jsonl"
+    env = {**os.environ, "GLMV_MODEL": str(ROOT / "models" / "glmv-tiny-trained"), "GLMV_CACHE_DIR": str(tmp_path)}
+    files = [str(SAMPLES / "invoice-acme.png"), str(SAMPLES / "invoice-acme.pdf")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "glmv_cli",
+        "extract",
+        *files,
+        "--schema",
+        "invoice",
+        "--evidence",
+        "all",
+        "-o",
+        str(out),
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    for record in map(json.loads, out.read_text().splitlines()):
+        assert record["status"] in ("ok", "review")
+        for entry in _leaves(record["evidence"]):
+            if entry is not None:
+                assert entry["source"] in ("text", "model") and len(entry["box"]) == 4
+                assert 0 <= entry["box"][0] < entry["box"][2] <= 1 and 0 <= entry["box"][1] < entry["box"][3] <= 1
+
+
+def _leaves(evidence):
+    if isinstance(evidence, dict) and "box" not in evidence:
+        for v in evidence.values():
+            yield from _leaves(v)
+    elif isinstance(evidence, list):
+        for v in evidence:
+            yield from _leaves(v)
+    else:
+        yield evidence

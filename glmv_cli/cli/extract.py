@@ -104,8 +104,12 @@ def extract(
     evidence: Annotated[
         str,
         typer.Option(
-            metavar="text|off",
-            help="text: each value's page and box, found in a PDF's own text layer (records' `evidence`); off: none.",
+            metavar="text|model|all|off",
+            help=(
+                "text: each value's page and box, found in a PDF's own text layer (records' `evidence`); "
+                "model: also ask the model to locate the values the text layer misses that are under --review-below "
+                "(0.9 if not set); all: every value it misses (images, scans); off: none."
+            ),
         ),
     ] = "text",
     evidence_columns: Annotated[
@@ -141,7 +145,7 @@ def extract(
     1 fatal (model cannot load, output not writable); 130 interrupted (Ctrl-C: what finished
     is written; a second Ctrl-C stops at once and leaves a file output as it was).
     """
-    from glmv_cli.api import Glmv, extract_options
+    from glmv_cli.api import EVIDENCE_MODES, Glmv, extract_options
     from glmv_cli.cli.render import ProgressView, print_stats, stderr_console
     from glmv_cli.extraction.schema_check import check_schema
     from glmv_cli.extraction.schemas import resolve_schema
@@ -150,8 +154,8 @@ def extract(
 
     if text_hint not in TEXT_HINT_MODES:
         raise UsageError(f"unknown --text-hint {text_hint!r}", "choose auto, on or off")
-    if evidence not in ("text", "off"):
-        raise UsageError(f"unknown --evidence {evidence!r}", "choose text or off")
+    if evidence not in EVIDENCE_MODES:
+        raise UsageError(f"unknown --evidence {evidence!r}", "choose text, model, all or off")
     if output and out_dir:
         raise UsageError("give -o FILE or --out-dir DIR, not both")
     resolved = resolve_schema(schema)

@@ -21,6 +21,7 @@ from typing import Any
 from glmv_cli.cache import ResultCache, cache_key
 from glmv_cli.engine.base import Backend, Generation, GenerationSettings, Request
 from glmv_cli.errors import GlmvError, InputError, ModelLoadError, UsageError
+from glmv_cli.extraction import grounding
 from glmv_cli.extraction.confidence import (
     CLOSED_EARLY,
     below_reasons,
@@ -68,7 +69,9 @@ class ExtractOptions:
     read_timeout: float = 60.0  # seconds to read one file
     prefetch_bytes: int = 1024**3  # page images and prepared model inputs waiting for the model
     render_timeout: float = 60.0  # seconds per page to decode or render
-    evidence: str = "text"  # text: each value's box in a PDF's own text layer; off: none
+    # text: each value's box in a PDF's own text layer; model: also a grounding pass for the values it misses
+    # that are under review_below; all: for every value it misses; off: none
+    evidence: str = "text"
 
 
 @dataclass
@@ -173,7 +176,7 @@ class Extractor:
                 "backend": self.backend.identity(),
                 "settings": o.settings.model_dump(),
                 "repair": o.repair,
-                "evidence": o.evidence,
+                "evidence": o.evidence if o.evidence != "model" else [o.evidence, o.review_below],
             }
         )
 
@@ -234,7 +237,7 @@ class Extractor:
                 max_pages=o.max_pages,
                 password=o.password,
                 max_pixels=o.max_pixels,
-                text_layer=o.text_hint != "off" or o.evidence == "text",
+                text_layer=o.text_hint != "off" or o.evidence != "off",
                 render_pdf=self._renderer.render if self._renderer else None,
             )
         except InputError as exc:
@@ -274,7 +277,7 @@ class Extractor:
             job = _Job(index, sub, doc.path, doc.sha256, numbers, request, load_s, pixels, doc.total_pages, note, cut)
             job.tokens = self.backend.estimate_tokens(request)
             job.nbytes = 3 * pixels + self.backend.held_bytes(request)
-            if self.options.evidence == "text":
+            if self.options.evidence != "off":
                 job.words = [(p.number, p.words) for p in pages if p.words] or None
             jobs.append(job)
         return jobs
@@ -514,7 +517,44 @@ class Extractor:
             for i, gen2 in zip(retry, self._generate_isolated(repairs), strict=True):
                 data, error = self._validated(gen2)
                 results[i] = self._record(batch[i], [gens[i], gen2], data, error)
-        return [r for r in results if r is not None]
+        records = [r for r in results if r is not None]
+        if self.options.evidence in ("model", "all"):
+            records = self._ground(batch, records)
+        return records
+
+    def _ground(self, batch: list[_Job], records: list[Record]) -> list[Record]:
+        """The grounding pass (--evidence model|all): a box from the model for each value the text layer did
+        not place (model: only values under --review-below), one request per value and page, in one batch."""
+        below = self.options.review_below
+        if self.options.evidence == "all":
+            below = None
+        elif below is None:
+            below = grounding.DEFAULT_BELOW
+        asks: list[tuple[int, grounding.Path, int]] = []  # (record position, value path, page number)
+        requests: list[Request] = []
+        for pos, (job, record) in enumerate(zip(batch, records, strict=True)):
+            if record.data is None or record.status not in ("ok", "review"):
+                continue
+            for path, name, value in grounding.targets(record.data, record.evidence, record.confidence, below):
+                for number, image in zip(job.pages, job.request.images, strict=False):
+                    asks.append((pos, path, number))
+                    requests.append(grounding.request(image, name, value))
+        if not requests:
+            return records
+        try:
+            gens = self._generate_isolated(requests)
+        except FATAL:
+            raise
+        except Exception:  # noqa: BLE001 - evidence is a help: the records stand without it
+            return records
+        evidence = {pos: records[pos].evidence or grounding.empty_like(records[pos].data) for pos, _, _ in asks}
+        placed: set[tuple[int, grounding.Path]] = set()
+        for (pos, path, number), gen in zip(asks, gens, strict=True):
+            box = grounding.parse_box(gen.text) if gen.finish_reason != "error" else None
+            if box is not None and (pos, path) not in placed:  # pages in order: the first page with a box wins
+                placed.add((pos, path))
+                grounding.put(evidence[pos], path, {"page": number, "box": box, "source": "model"})
+        return [r.model_copy(update={"evidence": evidence[i]}) if i in evidence else r for i, r in enumerate(records)]
 
     def _generate_isolated(self, requests: list[Request]) -> list[Generation]:
         """Generate a batch; if the call itself fails, each request alone, so one row fails alone."""
