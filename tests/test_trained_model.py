@@ -24,10 +24,11 @@ from tests.conftest import ROOT, glmv_serve
 pytestmark = pytest.mark.xdist_group("trained-model")  # one worker: the extraction fixtures run once
 TRAINED = ROOT / "models" / "glmv-tiny-trained"
 HELD_OUT_SEED = 20261205  # the training set is drawn with seed 0
-# The committed checkpoint's held-out figures (manifest.json): field F1 0.74 on text-layer invoices, with
-# numbers, dates and invoice numbers at 0.97-1.0. Six documents vary more than sixty: a margin.
-MIN_TEXT_F1 = 0.55
-READ_WELL = ("invoice_number", "invoice_date", "subtotal", "total")
+# The committed checkpoint's held-out figures (manifest.json): field F1 0.96 on sixty text-layer documents
+# (0.99 on these six invoices, every field 1.0 but one vendor address). Six documents vary more than sixty:
+# a margin.
+MIN_TEXT_F1 = 0.85
+READ_WELL = ("invoice_number", "invoice_date", "subtotal", "total", "vendor_name", "customer_name", "line_items.amount")
 
 
 def _tool(name: str):

@@ -373,7 +373,7 @@ def make_invoice(rng: random.Random) -> SynthDoc:
         "invoice_number": number,
         "invoice_date": iso(issued),
         "due_date": iso(due) if due else None,
-        "currency": code,
+        "currency": code if show_currency or money_style == 1 else None,  # a plain amount alone names none
         "subtotal": subtotal,
         "tax": tax,
         "total": total,
