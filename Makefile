@@ -6,7 +6,7 @@ TINY := build/tiny-glm4v
 TRAINED := models/glmv-tiny-trained
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: install test test-browser chromium test-slow test-gpu test-vllm lint format tiny train-tiny eval-trained demo bench vllm fuzz clean gpu-wheels gpu-check
+.PHONY: install test test-browser test-ray chromium test-slow test-gpu test-vllm lint format tiny train-tiny eval-trained demo bench vllm fuzz clean gpu-wheels gpu-check
 
 install:  ## create .venv and install glmv (editable) with the dev tools, CPU torch pinned
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ TEST_THREADS := $(shell echo $$(( ($$(nproc 2>/dev/null || echo 2) + 1) / 2 )))
 
 test:  ## the hermetic test suite, two workers (each builds the tiny checkpoint once), then the browser test
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(TEST_THREADS)} MKL_NUM_THREADS=$${MKL_NUM_THREADS:-$(TEST_THREADS)} \
-		$(BIN)/python -m pytest -q -m "not slow and not browser" -n 2 --dist loadgroup
+		$(BIN)/python -m pytest -q -m "not slow and not browser and not ray" -n 2 --dist loadgroup
 	$(MAKE) test-browser
 
 test-browser: chromium  ## glmv review's page in headless Chromium, driven by Playwright (a screenshot in build/test-artifacts/)
@@ -36,6 +36,10 @@ test-slow:  ## the slow end-to-end runs over ../shared/corpus (e.g. SIGKILL at 5
 
 test-gpu:  ## tests that need a CUDA GPU (bitsandbytes 4-bit, torchvision processor)
 	$(BIN)/python -m pytest -q -m gpu
+
+test-ray:  ## glmv extract --ray on a local Ray cluster against glmv serve (installs the ray extra first)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[ray]"
+	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q -m ray
 
 test-vllm:  ## the remote backend against a real vLLM (CPU build in .venv-vllm, `make vllm`) serving the tiny checkpoint
 	$(BIN)/python -m pytest -q -m vllm

@@ -56,7 +56,9 @@ def extract(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write here (format from the extension).")
     ] = None,
-    fmt: Annotated[str | None, typer.Option("--format", "-f", help="jsonl (default), json or csv.")] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", "-f", help="jsonl (default), json or csv; with --ray, jsonl or parquet.")
+    ] = None,
     out_dir: Annotated[Path | None, typer.Option(help="One JSON file per input, mirroring the input tree.")] = None,
     explode: Annotated[str | None, typer.Option(help="CSV: one row per item of this list field.")] = None,
     glob: Annotated[list[str] | None, typer.Option(help="Only files matching this pattern (repeatable).")] = None,
@@ -115,6 +117,19 @@ def extract(
     evidence_columns: Annotated[
         bool, typer.Option(help="CSV: <column>.page and <column>.box columns beside each data column.")
     ] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS|local",
+            help=(
+                "Run as a Ray Data pipeline on this Ray cluster (local: start one here). The model stage is Ray's "
+                "HTTP processor against --base-url; -o is the output folder (JSONL or --format parquet shards), "
+                "and a re-run into it skips documents already there. Paths may be object-store URLs (s3://...)."
+            ),
+        ),
+    ] = None,
+    ray_concurrency: Annotated[int, typer.Option(min=1, help="--ray: model-stage workers (requests in flight).")] = 4,
     review_below: Annotated[
         float | None,
         typer.Option(
@@ -161,6 +176,34 @@ def extract(
     resolved = resolve_schema(schema)
     check_schema(resolved)  # recursive or uncompilable: a usage error now, not N failures later
     page_list = parse_page_spec(pages)
+    options = extract_options(
+        pages=page_list,
+        max_pages=max_pages,
+        dpi=dpi,
+        password=password,
+        text_hint=text_hint,
+        per_page=per_page,
+        max_tokens=max_tokens,
+        think=think,
+        think_budget=think_budget,
+        batch_size=batch_size,
+        repair=repair,
+        use_cache=cache,
+        refresh=refresh,
+        workers=workers,
+        max_file_size=max_file_size * 1024 * 1024,
+        roots=None if follow_symlinks else roots_of(paths),
+        max_image_tokens=max_image_tokens,
+        read_timeout=read_timeout,
+        render_timeout=render_timeout,
+        prefetch_bytes=prefetch_mb * 1024 * 1024,
+        review_below=review_below,
+        evidence=evidence,
+    )
+    if ray is not None:
+        remote = {"base_url": base_url, "api_key": api_key, "served_model": remote_model}
+        _extract_ray(ray, paths, resolved, options, output, fmt, remote, ray_concurrency, quiet)
+        return
     skip = {p for p in (output, stats_json) if p is not None}
     unlisted: list[str] = []
     try:
@@ -210,30 +253,6 @@ def extract(
         max_pages=max_pages,
         max_tokens=max_tokens,
         on_status=None if quiet else lambda line: console.print(line, markup=False, highlight=False),
-    )
-    options = extract_options(
-        pages=page_list,
-        max_pages=max_pages,
-        dpi=dpi,
-        password=password,
-        text_hint=text_hint,
-        per_page=per_page,
-        max_tokens=max_tokens,
-        think=think,
-        think_budget=think_budget,
-        batch_size=batch_size,
-        repair=repair,
-        use_cache=cache,
-        refresh=refresh,
-        workers=workers,
-        max_file_size=max_file_size * 1024 * 1024,
-        roots=None if follow_symlinks else roots_of(paths),
-        max_image_tokens=max_image_tokens,
-        read_timeout=read_timeout,
-        render_timeout=render_timeout,
-        prefetch_bytes=prefetch_mb * 1024 * 1024,
-        review_below=review_below,
-        evidence=evidence,
     )
     try:
         extractor = glmv.extractor(resolved, options)
@@ -324,6 +343,44 @@ def _first_interrupt_stops(extractor: Any, console: Any) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _extract_ray(address, paths, schema, options, output, fmt, remote, concurrency, quiet) -> None:
+    """glmv extract --ray: the job as a Ray Data pipeline (glmv_cli/ray.py); exit 3 when a document failed."""
+    from glmv_cli.inputs import discover
+    from glmv_cli.ray import RayJob, is_url, run
+
+    if output is None:
+        raise UsageError("--ray needs -o FOLDER (a local folder or an object-store URL) for the record shards")
+    inputs = [_url_back(p) for p in paths]
+    local = [Path(p) for p in inputs if not is_url(p)]
+    files = [str(f) for f in discover(local)] if local else []
+    job = RayJob(
+        inputs=files + [p for p in inputs if is_url(p)],
+        output=_url_back(output),
+        schema=schema,
+        options=options,
+        base_url=remote["base_url"],
+        api_key=remote["api_key"],
+        served_model=remote["served_model"],
+        concurrency=concurrency,
+        format=fmt or "jsonl",
+    )
+    summary = run(job, address=None if address in ("", "local") else address)
+    if not quiet:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["statuses"].items())) or "nothing new"
+        typer.echo(f"glmv extract --ray: {counts}; {summary['skipped']} already in {job.output}", err=True)
+    if summary["statuses"].get("failed"):
+        raise typer.Exit(int(ExitStatus.PARTIAL))
+
+
+def _url_back(path: Path | str) -> str:
+    """An object-store URL as typed (a Path folds its '//')."""
+    text = str(path)
+    for scheme in ("s3", "gs", "gcs", "abfs", "abfss", "az", "hdfs"):
+        if text.startswith(f"{scheme}:/") and not text.startswith(f"{scheme}://"):
+            return f"{scheme}://{text[len(scheme) + 2 :]}"
+    return text
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -259,11 +259,11 @@ class RemoteBackend(Backend):
 
     def _answer(self, request: Request) -> Generation:
         try:
-            body, preprocess_s = self._body(request)
+            body, preprocess_s = self.request_body(request)
             started = time.perf_counter()
             reply = self._send(body, lambda response: response.json())
             elapsed = time.perf_counter() - started
-            return self._generation(request, reply, preprocess_s, elapsed)
+            return self.generation(request, reply, preprocess_s, elapsed)
         except Exception as exc:  # noqa: BLE001 - one request's failure is its Generation, never the batch's
             return Generation(finish_reason="error", error=_describe(exc), error_code="remote_failed", tag=request.tag)
 
@@ -271,7 +271,7 @@ class RemoteBackend(Backend):
         """Stream one answer over server-sent events; a retry happens only before any text is shown."""
         self.identity()  # no server or no such model: the caller's error, not this answer's
         try:
-            body, preprocess_s = self._body(request)
+            body, preprocess_s = self.request_body(request)
             body.update(stream=True, stream_options={"include_usage": True})
             started = time.perf_counter()
             state = _StreamState(request, on_text, started)
@@ -280,7 +280,8 @@ class RemoteBackend(Backend):
         except Exception as exc:  # noqa: BLE001
             return Generation(finish_reason="error", error=_describe(exc), error_code="remote_failed", tag=request.tag)
 
-    def _body(self, request: Request) -> tuple[dict[str, Any], float]:
+    def request_body(self, request: Request) -> tuple[dict[str, Any], float]:
+        """The /v1/chat/completions body for a request, and its preprocessing seconds (Ray's HTTP stage sends it)."""
         if not _is_ours(request.prepared) or len(request.prepared["images"]) != len(request.images):
             request = self.prepare(request)
         images, preprocess_s = request.prepared["images"], request.prepared["preprocess_s"]
@@ -370,7 +371,8 @@ class RemoteBackend(Backend):
         except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
             raise _Retryable(f"{url}: {_describe(exc)}", endpoint=True) from exc
 
-    def _generation(self, request: Request, reply: dict[str, Any], preprocess_s: float, elapsed: float) -> Generation:
+    def generation(self, request: Request, reply: dict[str, Any], preprocess_s: float, elapsed: float) -> Generation:
+        """The Generation for a server's reply to a request."""
         choice = (reply.get("choices") or [{}])[0]
         message = choice.get("message") or {}
         content = message.get("content") or ""

@@ -216,6 +216,11 @@ class Extractor:
             data = read_file(Path(name), max_bytes=o.max_file_size, roots=o.roots)
         except InputError as exc:
             return _Prepared(task.index, name, records=[self._failed(name, exc.one_line(), exc.code)])
+        return self.load_bytes(task, data, started)
+
+    def load_bytes(self, task: LoadTask, data: bytes, started: float) -> _Prepared:
+        """Cache lookup, decode and preprocess of a file's bytes (the Ray pipeline reads them itself)."""
+        o, name = self.options, task.path
         sha = hashlib.sha256(data).hexdigest()
         key = self._key(sha)
         if self.cache is not None and not o.refresh:
@@ -521,6 +526,15 @@ class Extractor:
         if self.options.evidence in ("model", "all"):
             records = self._ground(batch, records)
         return records
+
+    def finish(self, job: _Job, gen: Generation) -> Record:
+        """One job's record from an answer generated elsewhere (the Ray pipeline's model stage): validation,
+        repair (through this extractor's backend), confidence, evidence, review status."""
+        return self._process([job], [gen])[0]
+
+    def failed(self, name: str, error: str, code: str | None, sha256: str | None = None) -> Record:
+        """A failed record for a document, as this run writes them."""
+        return self._failed(name, error, code, sha256)
 
     def _ground(self, batch: list[_Job], records: list[Record]) -> list[Record]:
         """The grounding pass (--evidence model|all): a box from the model for each value the text layer did
