@@ -68,20 +68,20 @@ def is_url(path: str) -> bool:
 _WORKER: dict[str, Any] = {}
 
 
-def _extractor(job: RayJob) -> Any:
-    """One Extractor (and remote backend) per worker process, made on first use."""
+def _stages(job: RayJob) -> Any:
+    """glmv's stages (and remote backend) for this worker process, made on first use."""
     key = json.dumps([settings_of(job), job.base_url, job.engine], sort_keys=True, default=str)
     if _WORKER.get("key") != key:
         from glmv_cli.engine.remote import RemoteBackend
-        from glmv_cli.extraction.pipeline import Extractor
+        from glmv_cli.extraction.stages import Stages
 
         if job.engine == "vllm":
             backend = _OfflineBackend(job)
         else:
             backend = RemoteBackend(job.base_url, api_key=job.api_key, model=job.served_model)
             backend._identity = dict(job.identity)  # the driver asked /v1/models once, not every worker
-        _WORKER.update(key=key, extractor=Extractor(backend, job.schema, job.options, cache=None))
-    return _WORKER["extractor"]
+        _WORKER.update(key=key, stages=Stages(backend, job.schema, job.options, cache=None))
+    return _WORKER["stages"]
 
 
 class _OfflineBackend:
@@ -112,41 +112,33 @@ def _done_row(record: Any) -> dict[str, Any]:
     return {"line": line, "job": None, "payload": {}, "sent": {}, PASS: f"glmv: {record.status} before the model"}
 
 
-def _failed_row(extractor: Any, name: str, error: str, code: str, sha: str | None = None) -> dict[str, Any]:
-    return _done_row(extractor.failed(name, error, code, sha))
-
-
 def prepare_rows(row: dict[str, Any], job: RayJob, done: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """read ─> sniff, decode, render, caps, prompt: one row per model request, or one failed record; nothing
     for a document whose record the output already holds (by sha256: a re-run resumes)."""
     from glmv_cli.extraction.loading import LoadTask
     from glmv_cli.inputs import read_file
 
-    extractor = _extractor(job)
-    name = row["path"]
-    started = time.perf_counter()
-    task = LoadTask(0, name)
+    stages = _stages(job)
+    name, started = row["path"], time.perf_counter()
     try:
         if row.get("bytes") is not None:
             data = bytes(row["bytes"])
             if len(data) > job.options.max_file_size:
-                return [_failed_row(extractor, name, "larger than --max-file-size", "file_too_large")]
+                raise InputError("larger than --max-file-size", code="file_too_large")
         else:
-            task.enter("read")
             data = read_file(Path(name), max_bytes=job.options.max_file_size, roots=job.options.roots)
-        if done and hashlib.sha256(data).hexdigest() in done:
-            return []
-        prepared = extractor.load_bytes(task, data, started)
     except InputError as exc:
-        return [_failed_row(extractor, name, exc.one_line(), exc.code)]
-    except Exception as exc:  # noqa: BLE001 - one document fails alone
-        code = {"read": "read_failed", "decode": "load_failed", "preprocess": "preprocess_failed"}
-        return [_failed_row(extractor, name, f"{task.stage} failed: {exc}", code.get(task.stage, "load_failed"))]
+        return [_done_row(stages.failed(name, exc.one_line(), exc.code))]
+    if done and hashlib.sha256(data).hexdigest() in done:
+        return []
+    prepared = stages.prepare(LoadTask(0, name), data, started)
+    if prepared.fatal is not None:
+        raise prepared.fatal
     if prepared.records:
         return [_done_row(r) for r in prepared.records]
     rows = []
     for j in prepared.jobs:
-        body, preprocess_s = extractor.backend.request_body(j.request)
+        body, preprocess_s = stages.backend.request_body(j.request)
         # The page images travel once, as the payload's data URLs; the job keeps placeholders (repairs reuse them).
         j.request = j.request.model_copy(update={"images": [None] * len(j.request.images)})
         sent = {"preprocess_s": preprocess_s, "sent_at": time.time()}
@@ -168,7 +160,7 @@ def finish_row(row: dict[str, Any], job: RayJob) -> dict[str, Any]:
     """The model's reply ─> glmv's parse, validation, repair, confidence, evidence ─> the record's JSON line."""
     from glmv_cli.engine.base import Generation
 
-    extractor = _extractor(job)
+    stages = _stages(job)
     j = pickle.loads(row["job"])
     reply = row.get("http_response")
     if reply is None and "generated_text" in row:  # engine=vllm
@@ -181,11 +173,11 @@ def finish_row(row: dict[str, Any], job: RayJob) -> dict[str, Any]:
         # generate: wall seconds from the request leaving prepare to its answer, Ray's queueing included
         sent = row.get("sent") or {}
         elapsed = max(0.0, time.time() - sent.get("sent_at", time.time()))
-        gen = extractor.backend.generation(j.request, reply, sent.get("preprocess_s", 0.0), elapsed)
+        gen = stages.backend.generation(j.request, reply, sent.get("preprocess_s", 0.0), elapsed)
     try:
-        record = extractor.finish(j, gen)
+        record = stages.finish(j, gen)
     except Exception as exc:  # noqa: BLE001 - one document fails alone
-        record = extractor.failed(j.name, f"postprocess failed: {exc}", "internal_error", j.sha256)
+        record = stages.failed(j.name, f"postprocess failed: {exc}", "internal_error", j.sha256)
     return {"line": json.dumps(record.to_json_dict(), ensure_ascii=False)}
 
 

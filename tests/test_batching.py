@@ -10,15 +10,16 @@ from PIL import Image
 
 from glmv_cli.engine.factory import create_backend
 from glmv_cli.engine.local import LocalBackend, kv_cache_bytes_per_token
-from glmv_cli.extraction.pipeline import ExtractOptions, Extractor, _Job
+from glmv_cli.extraction.pipeline import ExtractOptions, Extractor
 from glmv_cli.extraction.schemas import resolve_schema
+from glmv_cli.extraction.stages import Job
 from tests.conftest import SAMPLES, answered
 
 SMALL = "vendor, total float: grand total"
 
 
-def job(tokens: int) -> _Job:
-    return _Job(0, 0, "x", "sha", [1], None, 0.0, 1, tokens=tokens)
+def job(tokens: int) -> Job:
+    return Job(0, 0, "x", "sha", [1], None, 0.0, 1, tokens=tokens)
 
 
 def test_batches_fit_the_token_budget_counting_padding():

@@ -159,16 +159,16 @@ def test_duplicates_pages_and_per_page(model_env, tmp_path):
 
 
 def test_text_hint_reaches_the_prompt(model_env, monkeypatch):
-    from glmv_cli.extraction import pipeline
+    from glmv_cli.extraction import stages
 
     prompts = []
-    real = pipeline.Extractor._process
+    real = stages.Stages.process
 
     def spy(self, batch, gens=None):
         prompts.extend(job.request.prompt for job in batch)
         return real(self, batch, gens)
 
-    monkeypatch.setattr(pipeline.Extractor, "_process", spy)
+    monkeypatch.setattr(stages.Stages, "process", spy)
     assert extract(str(SAMPLES / "invoice-acme.pdf"), "--schema", SMALL, "--no-cache").exit_code == 0
     assert "INV-2024-0042" in prompts[-1]  # the PDF's own text layer
     assert (
@@ -306,7 +306,7 @@ def test_csv_reads_every_line(model_env):
 
 
 def test_resume_after_interrupt(model_env, tmp_path, monkeypatch):
-    from glmv_cli.extraction import pipeline
+    from glmv_cli.extraction import stages
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -314,7 +314,7 @@ def test_resume_after_interrupt(model_env, tmp_path, monkeypatch):
         shutil.copy(SAMPLES / name, folder / name)
     out = tmp_path / "out.jsonl"
     calls = []
-    real = pipeline.Extractor._process
+    real = stages.Stages.process
 
     def flaky(self, batch, gens=None):
         calls.append(len(batch))
@@ -322,11 +322,11 @@ def test_resume_after_interrupt(model_env, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # Ctrl-C in the middle of the run
         return real(self, batch, gens)
 
-    monkeypatch.setattr(pipeline.Extractor, "_process", flaky)
+    monkeypatch.setattr(stages.Stages, "process", flaky)
     first = extract(str(folder), "--schema", SMALL, "--batch-size", "1", "-o", str(out))
     assert first.exit_code == 130 and not out.exists()
     calls.clear()
-    monkeypatch.setattr(pipeline.Extractor, "_process", real)
+    monkeypatch.setattr(stages.Stages, "process", real)
     second = extract(
         str(folder), "--schema", SMALL, "--batch-size", "1", "-o", str(out), "--stats-json", str(tmp_path / "s.json")
     )

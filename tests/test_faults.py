@@ -70,48 +70,48 @@ def _bad_rows(requests) -> bool:
 
 
 def test_read_raises(model_env, five, tmp_path, monkeypatch):
-    from glmv_cli.extraction import pipeline
+    from glmv_cli.extraction import stages
 
-    real = pipeline.read_file
+    real = stages.read_file
 
     def read(path, **kw):
         if _is_bad(path):
             raise RuntimeError("disk on fire")
         return real(path, **kw)
 
-    monkeypatch.setattr(pipeline, "read_file", read)
+    monkeypatch.setattr(stages, "read_file", read)
     bad = assert_one_failed(*run(five, tmp_path), "read_failed")
     assert "disk on fire" in bad["error"]
 
 
 def test_read_hangs(model_env, five, tmp_path, monkeypatch):
-    from glmv_cli.extraction import pipeline
+    from glmv_cli.extraction import stages
 
-    real = pipeline.read_file
-    monkeypatch.setattr(pipeline, "read_file", lambda p, **kw: _hang_forever() if _is_bad(p) else real(p, **kw))
+    real = stages.read_file
+    monkeypatch.setattr(stages, "read_file", lambda p, **kw: _hang_forever() if _is_bad(p) else real(p, **kw))
     assert_one_failed(*run(five, tmp_path, "--read-timeout", "1"), "read_timeout")
 
 
 def test_decode_raises(model_env, five, tmp_path, monkeypatch):
-    from glmv_cli.extraction import pipeline
+    from glmv_cli.extraction import stages
 
-    real = pipeline.load_document
+    real = stages.load_document
 
     def load(data, **kw):
         if _is_bad(kw["name"]):
             raise ValueError("decoder bug")
         return real(data, **kw)
 
-    monkeypatch.setattr(pipeline, "load_document", load)
+    monkeypatch.setattr(stages, "load_document", load)
     assert_one_failed(*run(five, tmp_path), "load_failed")
 
 
 def test_render_hangs(model_env, five, tmp_path, monkeypatch):
-    from glmv_cli.extraction import pipeline
+    from glmv_cli.extraction import stages
 
-    real = pipeline.load_document
+    real = stages.load_document
     monkeypatch.setattr(
-        pipeline, "load_document", lambda d, **kw: _hang_forever() if _is_bad(kw["name"]) else real(d, **kw)
+        stages, "load_document", lambda d, **kw: _hang_forever() if _is_bad(kw["name"]) else real(d, **kw)
     )
     assert_one_failed(*run(five, tmp_path, "--render-timeout", "0.5"), "render_timeout")
 
@@ -178,28 +178,28 @@ def test_batch_level_generate_failure_retries_rows(model_env, five, tmp_path, mo
 
 
 def test_validate_raises(model_env, five, tmp_path, monkeypatch):
-    from glmv_cli.extraction import pipeline
+    from glmv_cli.extraction import stages
 
-    real = pipeline.Extractor._check
+    real = stages.Stages._check
 
     def check(self, gen):
         if _is_bad(gen.tag):
             raise TypeError("validator bug")
         return real(self, gen)
 
-    monkeypatch.setattr(pipeline.Extractor, "_check", check)
+    monkeypatch.setattr(stages.Stages, "_check", check)
     assert_one_failed(*run(five, tmp_path), "invalid_output")
 
 
 @pytest.mark.parametrize("method", ["get", "put"])
 def test_cache_raises(model_env, five, tmp_path, monkeypatch, method):
     from glmv_cli.cache import ResultCache
-    from glmv_cli.extraction import pipeline
+    from glmv_cli.extraction import stages
 
     bad_sha = hashlib.sha256((five / "bad.png").read_bytes()).hexdigest()
-    real_key = pipeline.cache_key
+    real_key = stages.cache_key
     monkeypatch.setattr(
-        pipeline, "cache_key", lambda parts: ("bad-" if parts["file"] == bad_sha else "") + real_key(parts)
+        stages, "cache_key", lambda parts: ("bad-" if parts["file"] == bad_sha else "") + real_key(parts)
     )
     real = getattr(ResultCache, method)
 

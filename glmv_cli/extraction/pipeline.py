@@ -1,114 +1,31 @@
-"""Documents -> records: background loading, cache, batched constrained generation, validation.
+"""Documents -> records: the scheduling around a document's stages (stages.py).
 
-Every stage of a document's trip (read, cache, decode/render, preprocess, generate, validate,
-cache store) is a place where that document alone can fail: an exception or a timeout becomes
-its `failed` record with a stable `error_code`, and the batch goes on. Loading runs in watched
-worker threads feeding a bounded queue, so the model rarely waits and memory stays flat. Records
-come out in input order, one per document (or per page), whatever happens to any single one.
+Loading runs in watched worker threads feeding a bounded queue (a document stuck in one stage is given up),
+so the model rarely waits and memory stays flat (a byte gate); jobs are batched by length, or fed
+continuously to a backend that streams; records come out in input order, one per document (or per page),
+whatever happens to any single one; each finished document is cached at once, so an interrupted run keeps
+its work.
 """
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from glmv_cli.cache import ResultCache, cache_key
-from glmv_cli.engine.base import Backend, Generation, GenerationSettings, Request
-from glmv_cli.errors import GlmvError, InputError, ModelLoadError, UsageError
-from glmv_cli.extraction import grounding
-from glmv_cli.extraction.confidence import (
-    CLOSED_EARLY,
-    below_reasons,
-    confidence_like,
-    is_threshold_reason,
-    leaf_confidence,
-)
-from glmv_cli.extraction.constraint import constraint_schema
-from glmv_cli.extraction.evidence import PageWords, locate
+from glmv_cli.cache import ResultCache
+from glmv_cli.engine.base import Backend, Request
 from glmv_cli.extraction.loading import TIMEOUT_CODES, ByteGate, LoaderPool, LoadTask
-from glmv_cli.extraction.parse import validate
-from glmv_cli.extraction.prompt import PROMPT_VERSION, SYSTEM, build_prompt, pick_text_hint, repair_prompt
 from glmv_cli.extraction.schemas import ResolvedSchema
-from glmv_cli.inputs import DEFAULT_MAX_FILE_SIZE, Document, fit_for_vision, load_document, read_file
+from glmv_cli.extraction.stages import FATAL, ExtractOptions, Job, Prepared, Stages
 from glmv_cli.inputs.render import PdfRenderer
-from glmv_cli.records import Record, Timings
-from glmv_cli.review.store import CorrectionStore, apply_decisions
+from glmv_cli.records import Record
+from glmv_cli.review.store import CorrectionStore
 
-VISUAL_TOKEN_PIXELS = 28 * 28  # one visual token per 28x28 px after the processor's resize
-FATAL = (ModelLoadError, UsageError)  # the model cannot run at all: no document could succeed
-
-
-@dataclass
-class ExtractOptions:
-    """Everything about a run that is not the backend or the schema."""
-
-    pages: list[int] | None = None
-    max_pages: int = 8
-    dpi: int = 150
-    password: str | None = None
-    text_hint: str = "auto"  # auto | on | off
-    per_page: bool = False
-    # log-probabilities on: every extracted value gets a confidence (extraction/confidence.py)
-    settings: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=2048, logprobs=True))
-    review_below: float | None = None  # a value with lower confidence makes its document `review`
-    batch_size: int | None = None
-    repair: bool = True
-    use_cache: bool = True
-    refresh: bool = False
-    workers: int = 2
-    max_pixels: int = 40_000_000
-    max_file_size: int = DEFAULT_MAX_FILE_SIZE
-    roots: list[Path] | None = None  # files must resolve inside these (None: no confinement)
-    max_image_tokens: int | None = None  # per page; None: the model processor's own maximum
-    read_timeout: float = 60.0  # seconds to read one file
-    prefetch_bytes: int = 1024**3  # page images and prepared model inputs waiting for the model
-    render_timeout: float = 60.0  # seconds per page to decode or render
-    # text: each value's box in a PDF's own text layer; model: also a grounding pass for the values it misses
-    # that are under review_below; all: for every value it misses; off: none
-    evidence: str = "text"
-
-
-@dataclass
-class _Job:
-    """One request to make: a whole document, or one page with --per-page."""
-
-    index: int
-    sub: int
-    name: str
-    sha256: str
-    pages: list[int]
-    request: Request
-    load_s: float
-    pixels: int
-    page_count: int | None = None
-    note: str | None = None  # a warning for the record (e.g. pages over --max-pages)
-    pages_cut: int = 0
-    tokens: int = 0  # estimated KV-cache tokens: prompt, visual tokens of every page, answer budget
-    nbytes: int = 0  # page images plus prepared model inputs, held until the job has run
-    words: list[tuple[int, list[Any]]] | None = None  # (page, its text layer's words) for evidence
-
-
-@dataclass
-class _Prepared:
-    """What a loader thread hands over for one input path."""
-
-    index: int
-    name: str
-    sha256: str | None = None
-    key: str | None = None
-    records: list[Record] | None = None  # final already: cached, or failed to load
-    jobs: list[_Job] = field(default_factory=list)
-    fatal: GlmvError | None = None  # the run cannot go on (the model cannot load)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(j.nbytes for j in self.jobs)
+__all__ = ["ExtractOptions", "Extractor", "Stages"]
 
 
 @dataclass
@@ -126,7 +43,7 @@ class _DocState:
 
 
 class Extractor:
-    """Runs one schema over many documents with one backend."""
+    """Runs one schema over many documents with one backend: a document's stages (`self.stages`), scheduled."""
 
     def __init__(
         self,
@@ -136,19 +53,22 @@ class Extractor:
         cache: ResultCache | None = None,
         corrections: CorrectionStore | None = None,
     ):
-        self.backend = backend
-        self.schema = schema
-        self.options = options or ExtractOptions()
-        self.cache = cache if self.options.use_cache else None
-        # a person's decisions in `glmv review` flow back, with the cache, unless --refresh
-        self.corrections = corrections if self.cache is not None and not self.options.refresh else None
-        self.json_schema = constraint_schema(schema.json_schema())
-        self._cache_lock = threading.Lock()
+        self.stages = Stages(backend, schema, options, cache, corrections)
+        self.backend, self.schema, self.options = backend, schema, self.stages.options
+        self.cache = self.stages.cache
+        self.json_schema = self.stages.json_schema
         self._stop = threading.Event()
-        self._renderer: PdfRenderer | None = None
         self._gate = ByteGate(self.options.prefetch_bytes)  # made anew by each run()
-        self.model_calls = 0
         self._stream_failed = False  # the backend's generate_stream raised: batches from then on
+
+    @property
+    def model_calls(self) -> int:
+        """Model calls so far (a batch, a stream, a repair batch and a grounding batch count one each)."""
+        return self.stages.model_calls
+
+    @model_calls.setter
+    def model_calls(self, value: int) -> None:
+        self.stages.model_calls = value
 
     # -- stopping --------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -159,27 +79,6 @@ class Extractor:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
-    # -- keys ----------------------------------------------------------------------------------
-    def _key(self, sha256: str) -> str:
-        o = self.options
-        return cache_key(
-            {
-                "file": sha256,
-                "pages": o.pages,
-                "max_pages": o.max_pages,
-                "dpi": o.dpi,
-                "per_page": o.per_page,
-                "text_hint": o.text_hint,
-                "max_image_tokens": o.max_image_tokens,
-                "schema": self.schema.fingerprint(),
-                "prompt": PROMPT_VERSION,
-                "backend": self.backend.identity(),
-                "settings": o.settings.model_dump(),
-                "repair": o.repair,
-                "evidence": o.evidence if o.evidence != "model" else [o.evidence, o.review_below],
-            }
-        )
-
     def _time_limits(self) -> dict[str, float]:
         o = self.options
         # A backstop: the PDF renderer's own limit (opening, then per page) fires first; this one
@@ -188,113 +87,11 @@ class Extractor:
         return {"read": o.read_timeout, "cache": 60.0, "decode": render, "preprocess": render}
 
     # -- loading (worker threads) -----------------------------------------------------------------
-    def _prepare(self, task: LoadTask) -> _Prepared:
-        """Read, look up, decode and preprocess one path; never raises. Its bytes are held from here."""
-        prepared = self._prepare_unheld(task)
+    def _prepare(self, task: LoadTask) -> Prepared:
+        """One path's stages up to the model; never raises. Its bytes are held from here."""
+        prepared = self.stages.prepare(task)
         self._gate.loaded(task.index, prepared.nbytes)
         return prepared
-
-    def _prepare_unheld(self, task: LoadTask) -> _Prepared:
-        name = task.path
-        try:
-            return self._load(task)
-        except FATAL as exc:
-            return _Prepared(task.index, name, fatal=exc)
-        except Exception as exc:  # noqa: BLE001 - a bug in one stage must not stop the batch
-            code = {"read": "read_failed", "cache": "cache_failed", "decode": "load_failed"}
-            return _Prepared(
-                task.index,
-                name,
-                records=[self._failed(name, f"{task.stage} failed: {_one_line(exc)}", code.get(task.stage))],
-            )
-
-    def _load(self, task: LoadTask) -> _Prepared:
-        o, name = self.options, task.path
-        started = time.perf_counter()
-        task.enter("read")
-        try:
-            data = read_file(Path(name), max_bytes=o.max_file_size, roots=o.roots)
-        except InputError as exc:
-            return _Prepared(task.index, name, records=[self._failed(name, exc.one_line(), exc.code)])
-        return self.load_bytes(task, data, started)
-
-    def load_bytes(self, task: LoadTask, data: bytes, started: float) -> _Prepared:
-        """Cache lookup, decode and preprocess of a file's bytes (the Ray pipeline reads them itself)."""
-        o, name = self.options, task.path
-        sha = hashlib.sha256(data).hexdigest()
-        key = self._key(sha)
-        if self.cache is not None and not o.refresh:
-            task.enter("cache")
-            with self._cache_lock:
-                hit = self.cache.get(key)
-            if hit is not None:
-                records = [
-                    self._reviewed(Record.model_validate({**r, "file": name, "cached": True})) for r in hit["records"]
-                ]
-                return _Prepared(task.index, name, sha, key, records=records)
-        task.enter("decode")
-        try:
-            doc = load_document(
-                data,
-                name=name,
-                pages=o.pages,
-                dpi=o.dpi,
-                max_pages=o.max_pages,
-                password=o.password,
-                max_pixels=o.max_pixels,
-                text_layer=o.text_hint != "off" or o.evidence != "off",
-                render_pdf=self._renderer.render if self._renderer else None,
-            )
-        except InputError as exc:
-            return _Prepared(task.index, name, sha, key, records=[self._failed(name, exc.one_line(), exc.code, sha)])
-        task.enter("preprocess")
-        try:
-            jobs = self._jobs(task.index, doc, time.perf_counter() - started)
-        except FATAL:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the processor rejected these pages
-            error = f"preprocessing failed: {_one_line(exc)}"
-            return _Prepared(task.index, name, sha, key, records=[self._failed(name, error, "preprocess_failed", sha)])
-        return _Prepared(task.index, name, sha, key, jobs=jobs)
-
-    def _jobs(self, index: int, doc: Document, load_s: float) -> list[_Job]:
-        groups = [[p] for p in doc.pages] if self.options.per_page else [doc.pages]
-        note = doc.page_limit_note(self.options.max_pages)
-        cut = max(0, doc.selected - len(doc.pages)) if note else 0
-        cap = self._image_pixel_cap()
-        jobs = []
-        for sub, pages in enumerate(groups):
-            hint = self._text_hint(pages)
-            prompt = build_prompt(self.schema, pages=len(pages), text_hint=hint)
-            # Pages the processor would refuse (slivers, extreme aspect) are padded, huge ones shrunk.
-            images = [fit_for_vision(p.image, max_pixels=cap) for p in pages]
-            request = Request(
-                images=images,
-                prompt=prompt,
-                system=SYSTEM,
-                json_schema=self.json_schema,
-                settings=self.options.settings,
-                tag=doc.path,
-            )
-            request = self.backend.prepare(request)  # preprocessing here, in the loader thread
-            pixels = sum(i.width * i.height for i in images)
-            numbers = [p.number for p in pages]
-            job = _Job(index, sub, doc.path, doc.sha256, numbers, request, load_s, pixels, doc.total_pages, note, cut)
-            job.tokens = self.backend.estimate_tokens(request)
-            job.nbytes = 3 * pixels + self.backend.held_bytes(request)
-            if self.options.evidence != "off":
-                job.words = [(p.number, p.words) for p in pages if p.words] or None
-            jobs.append(job)
-        return jobs
-
-    def _image_pixel_cap(self) -> int | None:
-        tokens = self.options.max_image_tokens
-        own = self.backend.max_image_pixels()
-        mine = tokens * VISUAL_TOKEN_PIXELS if tokens else None
-        return min(c for c in (own, mine) if c) if (own or mine) else None
-
-    def _text_hint(self, pages: list[Any]) -> str | None:
-        return pick_text_hint([p.text for p in pages], self.options.text_hint)
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self, paths: Sequence[str | Path]) -> Iterator[Record]:
@@ -307,28 +104,9 @@ class Extractor:
         records = self._run(paths)
         try:
             for record in records:
-                yield self._corrected(record)
+                yield self.stages.corrected(record)
         finally:
             records.close()
-
-    def _corrected(self, record: Record) -> Record:
-        if self.corrections is None or self.options.per_page or record.status == "duplicate":
-            return record
-        decisions = self.corrections.decisions(record.sha256, record.schema_name)
-        if not decisions:
-            return record
-        applied = apply_decisions({"data": record.data}, decisions)
-        return record.model_copy(
-            update={
-                "data": applied["data"],
-                "reviewed": True,
-                "review_log": applied["review_log"],
-                "status": "ok",
-                "review_reasons": None,
-                "error": None,
-                "error_code": None,
-            }
-        )
 
     def _run(self, paths: Sequence[str | Path]) -> Iterator[Record]:
         size = self.options.batch_size  # the backend's default is asked for only once a model is needed
@@ -336,7 +114,7 @@ class Extractor:
         pending: queue.Queue[LoadTask | None] = queue.Queue(maxsize=self.options.workers + 2)
         self._gate = ByteGate(self.options.prefetch_bytes)
         # PDFs render in worker processes: a PDFium crash or hang costs one document, not the run.
-        self._renderer = PdfRenderer(self.options.workers, timeout_s=self.options.render_timeout)
+        self.stages.renderer = renderer = PdfRenderer(self.options.workers, timeout_s=self.options.render_timeout)
         loader = LoaderPool(self._prepare, self.options.workers, discard=lambda prep: self._gate.release(prep.nbytes))
         finished = threading.Event()
 
@@ -355,11 +133,11 @@ class Extractor:
         producer.start()
         states: dict[int, _DocState] = {}
         seen: dict[str, str] = {}
-        window: list[_Job] = []
+        window: list[Job] = []
         next_out = 0
         done = False
 
-        def ready_jobs() -> Iterator[_Job | None]:
+        def ready_jobs() -> Iterator[Job | None]:
             """Jobs for a streaming backend, one per free slot; None while none is ready (loading goes on)."""
             nonlocal done
             while (window or not done) and not self.stopped:
@@ -397,7 +175,8 @@ class Extractor:
                 except queue.Empty:
                     time.sleep(0.01)
             loader.close()
-            self._renderer.close()
+            renderer.close()
+            self.stages.renderer = None
             if self.cache is not None:
                 self.cache.finish_run()
 
@@ -405,7 +184,7 @@ class Extractor:
         self,
         pending: queue.Queue,
         loader: LoaderPool,
-        window: list[_Job],
+        window: list[Job],
         states: dict[int, _DocState],
         seen: dict[str, str],
         want: int,
@@ -425,15 +204,9 @@ class Extractor:
                 raise prep.fatal
             if prep.sha256 is not None and prep.sha256 in seen:
                 self._gate.release(prep.nbytes)
-                dup = Record(
-                    file=prep.name,
-                    status="duplicate",
-                    duplicate_of=seen[prep.sha256],
-                    sha256=prep.sha256,
-                    model=self.backend.model_id,
-                    schema_name=self.schema.name,
+                states[prep.index] = _DocState(
+                    1, None, {0: self.stages.duplicate(prep.name, prep.sha256, seen[prep.sha256])}
                 )
-                states[prep.index] = _DocState(1, None, {0: dup})
             elif prep.records is not None:
                 if prep.sha256 is not None:
                     seen[prep.sha256] = prep.name
@@ -446,7 +219,7 @@ class Extractor:
                 return False  # enough to batch; or a finished record that can go out now
         return False
 
-    def _await(self, task: LoadTask, loader: LoaderPool) -> _Prepared:
+    def _await(self, task: LoadTask, loader: LoaderPool) -> Prepared:
         """The task's result, or a failed record once a stage overruns its time limit."""
         limits = self._time_limits()
         while not task.done.wait(0.05):
@@ -455,11 +228,13 @@ class Extractor:
                 self._gate.gone(task.index)  # its bytes, if it ever loads, are released at once
                 stage, spent = late
                 error = f"{stage} did not finish within {spent:.0f} s; gave up on this document"
-                return _Prepared(task.index, task.path, records=[self._failed(task.path, error, TIMEOUT_CODES[stage])])
+                return Prepared(
+                    task.index, task.path, records=[self.stages.failed(task.path, error, TIMEOUT_CODES[stage])]
+                )
         return task.result
 
     @staticmethod
-    def _pick_batch(window: list[_Job], size: int, budget: int | None) -> list[_Job]:
+    def _pick_batch(window: list[Job], size: int, budget: int | None) -> list[Job]:
         """Up to `size` jobs of similar length, smallest first, within the token budget.
 
         Rows are left-padded to the longest, so a batch costs rows x its longest row; one job
@@ -474,16 +249,16 @@ class Extractor:
         return batch
 
     def _generate_stage(
-        self, window: list[_Job], size: int, ready: Iterator[_Job | None]
-    ) -> Iterator[tuple[list[_Job], list[Record]]]:
+        self, window: list[Job], size: int, ready: Iterator[Job | None]
+    ) -> Iterator[tuple[list[Job], list[Record]]]:
         """Jobs through the model: fed continuously to a backend that streams (each out when done), else a batch."""
         stream = None if self._stream_failed else getattr(self.backend, "generate_stream", None)
         if stream is None:
             batch = self._pick_batch(window, size, self.backend.token_budget())
-            yield batch, self._process(batch)
+            yield batch, self.stages.process(batch)
             return
-        self.model_calls += 1
-        in_flight: dict[int, _Job] = {}
+        self.stages.model_calls += 1
+        in_flight: dict[int, Job] = {}
 
         def requests() -> Iterator[Request | None]:
             for job in ready:
@@ -494,220 +269,14 @@ class Extractor:
         try:
             for gen in stream(requests(), max_rows=size):
                 job = in_flight.pop(gen.tag)
-                yield [job], self._process([job], [gen.model_copy(update={"tag": job.request.tag})])
+                yield [job], self.stages.process([job], [gen.model_copy(update={"tag": job.request.tag})])
         except FATAL:
             raise
         except Exception:  # noqa: BLE001 - the stream itself broke (rows isolate their own failures)
             self._stream_failed = True  # the batch path takes over, from the jobs that were in flight
             window[:0] = in_flight.values()
 
-    def _process(self, batch: list[_Job], gens: list[Generation] | None = None) -> list[Record]:
-        """Validate (and repair) a batch's answers: generated here, or handed over by the stream."""
-        gens = self._generate_isolated([j.request for j in batch]) if gens is None else gens
-        results: list[Record | None] = [None] * len(batch)
-        retry: dict[int, str] = {}  # batch position -> validation error shown to the model
-        for i, (job, gen) in enumerate(zip(batch, gens, strict=True)):
-            data, error = self._validated(gen)
-            if error and self.options.repair and gen.finish_reason != "error":
-                retry[i] = error
-            else:
-                results[i] = self._record(job, [gen], data, error)
-        if retry:
-            repairs = [
-                batch[i].request.model_copy(
-                    update={"prompt": repair_prompt(batch[i].request.prompt, gens[i].text, error)}
-                )
-                for i, error in retry.items()
-            ]
-            for i, gen2 in zip(retry, self._generate_isolated(repairs), strict=True):
-                data, error = self._validated(gen2)
-                results[i] = self._record(batch[i], [gens[i], gen2], data, error)
-        records = [r for r in results if r is not None]
-        if self.options.evidence in ("model", "all"):
-            records = self._ground(batch, records)
-        return records
-
-    def finish(self, job: _Job, gen: Generation) -> Record:
-        """One job's record from an answer generated elsewhere (the Ray pipeline's model stage): validation,
-        repair (through this extractor's backend), confidence, evidence, review status."""
-        return self._process([job], [gen])[0]
-
-    def failed(self, name: str, error: str, code: str | None, sha256: str | None = None) -> Record:
-        """A failed record for a document, as this run writes them."""
-        return self._failed(name, error, code, sha256)
-
-    def _ground(self, batch: list[_Job], records: list[Record]) -> list[Record]:
-        """The grounding pass (--evidence model|all): a box from the model for each value the text layer did
-        not place (model: only values under --review-below), one request per value and page, in one batch."""
-        below = self.options.review_below
-        if self.options.evidence == "all":
-            below = None
-        elif below is None:
-            below = grounding.DEFAULT_BELOW
-        asks: list[tuple[int, grounding.Path, int]] = []  # (record position, value path, page number)
-        requests: list[Request] = []
-        for pos, (job, record) in enumerate(zip(batch, records, strict=True)):
-            if record.data is None or record.status not in ("ok", "review"):
-                continue
-            for path, name, value in grounding.targets(record.data, record.evidence, record.confidence, below):
-                for number, image in zip(job.pages, job.request.images, strict=False):
-                    asks.append((pos, path, number))
-                    requests.append(grounding.request(image, name, value))
-        if not requests:
-            return records
-        try:
-            gens = self._generate_isolated(requests)
-        except FATAL:
-            raise
-        except Exception:  # noqa: BLE001 - evidence is a help: the records stand without it
-            return records
-        evidence = {pos: records[pos].evidence or grounding.empty_like(records[pos].data) for pos, _, _ in asks}
-        placed: set[tuple[int, grounding.Path]] = set()
-        for (pos, path, number), gen in zip(asks, gens, strict=True):
-            box = grounding.parse_box(gen.text) if gen.finish_reason != "error" else None
-            if box is not None and (pos, path) not in placed:  # pages in order: the first page with a box wins
-                placed.add((pos, path))
-                grounding.put(evidence[pos], path, {"page": number, "box": box, "source": "model"})
-        return [r.model_copy(update={"evidence": evidence[i]}) if i in evidence else r for i, r in enumerate(records)]
-
-    def _generate_isolated(self, requests: list[Request]) -> list[Generation]:
-        """Generate a batch; if the call itself fails, each request alone, so one row fails alone."""
-        try:
-            return self._generate(requests)
-        except FATAL:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the backend isolates rows; this is the backstop
-            if len(requests) == 1:
-                return [Generation(finish_reason="error", error=_one_line(exc), tag=requests[0].tag)]
-        return [self._generate_isolated([r])[0] for r in requests]
-
-    def _generate(self, requests: list[Request]) -> list[Generation]:
-        self.model_calls += 1
-        return self.backend.generate(requests)
-
-    def _validated(self, gen: Generation) -> tuple[dict[str, Any] | None, str | None]:
-        try:
-            return self._check(gen)
-        except Exception as exc:  # noqa: BLE001 - e.g. a user validator raising a non-validation error
-            return None, f"validation raised {_one_line(exc)}"
-
-    def _check(self, gen: Generation) -> tuple[dict[str, Any] | None, str | None]:
-        if gen.error:
-            return None, gen.error
-        data, error = validate(gen.text, self.schema.model)
-        if error and gen.finish_reason == "length":
-            error = f"answer cut off at the token limit ({gen.output_tokens} tokens); {error}"
-        return data, error
-
-    def _record(self, job: _Job, gens: list[Generation], data: dict[str, Any] | None, error: str | None) -> Record:
-        first, last = gens[0], gens[-1]
-        generate_s = sum(g.generate_s for g in gens)
-        output_tokens = sum(g.output_tokens for g in gens)
-        decode_s = sum(g.decode_s for g in gens)
-        timings = Timings(
-            load=round(job.load_s, 4),
-            preprocess=round(first.preprocess_s, 4),
-            ttft=None if first.ttft_s is None else round(first.ttft_s, 4),
-            generate=round(generate_s, 4),
-            total=round(job.load_s + generate_s, 4),
-            prompt_tokens=first.prompt_tokens,
-            output_tokens=output_tokens,
-            tokens_per_s=round((output_tokens - len(gens)) / decode_s, 2) if decode_s > 0 else None,
-        )
-        reasons, confidence = [], None
-        if error is None:
-            if last.closed_early:
-                reasons.append(CLOSED_EARLY.format(budget=self.options.settings.max_new_tokens))
-            confidence = self._confidence(last, data)
-        code = None
-        if error is not None:
-            code = (last.error_code or "generation_failed") if last.finish_reason == "error" else "invalid_output"
-        record = Record(
-            file=job.name,
-            pages=job.pages,
-            page_count=job.page_count,
-            pages_cut=job.pages_cut,
-            status="ok" if error is None else "failed",
-            data=data,
-            confidence=confidence,
-            error=error,
-            error_code=code,
-            warning=job.note,
-            review_reasons=reasons or None,
-            raw=None if error is None else last.text,
-            sha256=job.sha256,
-            model=self.backend.model_id,
-            schema_name=self.schema.name,
-            timings=timings,
-            evidence=self._evidence(job, data) if error is None else None,
-        )
-        return self._reviewed(record)
-
-    @staticmethod
-    def _evidence(job: _Job, data: dict[str, Any] | None) -> Any:
-        """Each value's box in the page's own text layer (None without one, or if locating fails)."""
-        if data is None or not job.words:
-            return None
-        try:
-            return locate(data, [PageWords(number, words) for number, words in job.words])
-        except Exception:  # noqa: BLE001 - evidence is a help: a failure to find it costs the record nothing
-            return None
-
-    @staticmethod
-    def _confidence(gen: Generation, data: dict[str, Any] | None) -> Any:
-        """Each value's confidence from the answer's raw token log-probabilities (None without them)."""
-        if data is None or gen.token_logprobs is None:
-            return None
-        pieces = gen.token_bytes or [t.encode() for t in gen.tokens or []]
-        try:
-            by_path = leaf_confidence(pieces, gen.token_logprobs)
-        except ValueError:  # not the JSON that was validated (e.g. free text around it): no confidence
-            return None
-        return confidence_like(data, by_path)
-
-    def _reviewed(self, record: Record) -> Record:
-        """Status review when a reason stands: the answer closed early, or a value under --review-below.
-
-        Threshold reasons are recomputed each time, so a cached record follows this run's threshold.
-        """
-        if record.status not in ("ok", "review"):
-            return record
-        kept = [r for r in record.review_reasons or [] if not is_threshold_reason(r)]
-        reasons = kept + below_reasons(record.confidence, self.options.review_below)
-        return record.model_copy(update={"status": "review" if reasons else "ok", "review_reasons": reasons or None})
-
-    def _failed(self, name: str, error: str, code: str | None, sha256: str | None = None) -> Record:
-        return Record(
-            file=name,
-            status="failed",
-            error=error,
-            error_code=code or "internal_error",
-            sha256=sha256,
-            model=self.backend.model_id,
-            schema_name=self.schema.name,
-        )
-
     def _store(self, state: _DocState) -> None:
-        """Cache a document's records once all have data, ok or review (failures are retried next run)."""
-        records = state.ordered()
-        answered = all(r.status in ("ok", "review") and not r.cached for r in records)
-        if self.cache is None or state.key is None or not answered:
-            return
-        payload = {"records": [r.model_dump(mode="json", by_alias=False, exclude={"file", "cached"}) for r in records]}
-        try:
-            with self._cache_lock:
-                self.cache.put(state.key, payload, file=records[0].file)
-        except Exception as exc:  # noqa: BLE001 - the answer is kept; only its caching failed
-            for sub, record in state.records.items():
-                state.records[sub] = record.model_copy(
-                    update={
-                        "status": "failed",
-                        "error": f"result could not be cached: {_one_line(exc)}",
-                        "error_code": "cache_failed",
-                    }
-                )
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        """Cache a finished document's records (failed with cache_failed where caching failed)."""
+        for sub, record in zip(sorted(state.records), self.stages.store(state.key, state.ordered()), strict=True):
+            state.records[sub] = record
