@@ -63,6 +63,7 @@ def test_checkpoint_is_built_from_the_current_recipe():
     assert config["architectures"] == ["Glm4vForConditionalGeneration"]
     text = config["text_config"]
     assert text["hidden_size"] // text["num_attention_heads"] == 64  # vLLM's CPU attention serves it
+    assert text["attention_bias"] is True  # vLLM loads the q/k/v biases only when the config says so
 
 
 @pytest.fixture(scope="module")

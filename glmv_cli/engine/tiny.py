@@ -402,6 +402,9 @@ def glm4v_config(
             "num_hidden_layers": layers,
             "num_attention_heads": heads,
             "num_key_value_heads": heads,
+            # transformers' GLM-4V text attention always has q/k/v biases; vLLM builds them only when the
+            # config says so, as GLM-4.6V-Flash's does (without it vLLM serves a different model)
+            "attention_bias": True,
             "max_position_embeddings": MAX_POSITIONS,
             "rope_parameters": {
                 "rope_type": "default",
