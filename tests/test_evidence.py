@@ -102,6 +102,53 @@ def test_extract_gives_right_values_their_boxes(tmp_path):
     assert any(row["total.page"] == "1" and len(row["total.box"].split()) == 4 for row in rows)
 
 
+CORPUS_MAPS = {"i2d_": "invoice2data", "zf_": "facturx", "az_Invoice": "azure-labels", "az_sample": "azure-invoice"}
+CORPUS_MAPS["gcp_"] = "gcp-warehouse"
+
+
+def test_corpus_values_in_a_text_layer_have_boxes_that_hold_them():
+    """Real invoices (../shared/corpus) with their ground truth as the values: every scalar value that occurs
+    in a PDF's own text layer gets text evidence, and the words inside its box read as that value."""
+    from glmv_cli.evaluation.mapping import apply_map, load_map
+    from glmv_cli.evaluation.normalise import normalise, same
+    from glmv_cli.evaluation.sources import read_truth
+    from glmv_cli.inputs import load_document
+    from tests.conftest import needs_corpus
+
+    folder = needs_corpus() / "invoices"
+    truths = read_truth(folder)
+    checked, found_in = 0, set()
+    for pdf in sorted(folder.glob("*.pdf")):
+        prefix = next((p for p in CORPUS_MAPS if pdf.name.startswith(p)), None)
+        if prefix is None or pdf.stem not in truths:
+            continue
+        expected = apply_map(truths[pdf.stem], load_map(CORPUS_MAPS[prefix]))
+        pages = [PageWords(p.number, p.words) for p in load_document(pdf).pages if p.words]
+        if not pages:
+            continue
+        values = {k: v for k, v in expected.items() if isinstance(v, (str, int, float)) and normalise(v)}
+        evidence = locate(values, pages)
+        for field, value in values.items():
+            want = normalise(value)
+            occurs = any(same(norm, want) for page in pages for _, _, norm in page.runs)
+            box = evidence[field]
+            assert (box is not None) == occurs, (pdf.name, field, value)
+            if box is None:
+                continue
+            assert box["source"] == "text"
+            page = next(p for p in pages if p.number == box["page"])
+            x0, y0, x1, y1 = box["box"]
+            inside = [
+                w[0]
+                for w in page.words
+                if w[1] >= x0 - 1e-3 and w[3] <= x1 + 1e-3 and w[2] >= y0 - 1e-3 and w[4] <= y1 + 1e-3
+            ]
+            assert same(normalise(" ".join(inside)), want), (pdf.name, field, value, inside)
+            checked += 1
+            found_in.add(pdf.name)
+    assert checked >= 40 and len(found_in) >= 10, (checked, sorted(found_in))
+
+
 # --- the grounding pass (--evidence model|all) --------------------------------------------------------
 
 
