@@ -359,6 +359,18 @@ def test_stream_shows_text_as_it_comes_and_keeps_logprobs(server):
     assert gen.token_logprobs == [-0.25] * len(gen.tokens) and gen.token_bytes is None  # no bytes sent
 
 
+def test_a_failed_lookup_is_the_same_error_after_close():
+    """The job stops on the lookup's error and closes the backend; a loader thread that asks then gets that
+    error again (a fatal one it hands back), not httpx's closed-client RuntimeError."""
+    remote = backend(closed_port_url())
+    with pytest.raises(ModelLoadError, match="no --base-url server answered") as first:
+        remote.identity()
+    remote.close()
+    with pytest.raises(ModelLoadError) as again:
+        _ = remote.model_id
+    assert again.value is first.value
+
+
 def test_base_urls_split_on_commas_and_get_v1():
     urls = split_base_urls(["http://a:1/v1/, http://b:2", "https://c/api/v1"])
     assert urls == ["http://a:1/v1", "http://b:2/v1", "https://c/api/v1"]
@@ -431,6 +443,7 @@ def test_extract_exit_codes_when_the_server_fails(server, tmp_path):
     assert all("HTTP 400" in r["error"] and r["error_code"] == "remote_failed" for r in records)
     run, _ = glmv(tmp_path, *args, "--base-url", closed_port_url())  # nothing answers: fatal, one line
     assert run.returncode == 1 and run.stdout == ""
+    assert "Traceback" not in run.stderr  # loader threads still asking after the stop get the same error
     assert run.stderr.strip().splitlines()[-1].startswith("glmv: error: no --base-url server answered /models")
 
 

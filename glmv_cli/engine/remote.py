@@ -117,6 +117,8 @@ class _Endpoints:
 class RemoteBackend(Backend):
     """Answers requests through /v1/chat/completions on one or more OpenAI-compatible servers."""
 
+    accepts_encoded_images = True
+
     def __init__(
         self,
         base_urls: Sequence[str] | str,
@@ -139,6 +141,7 @@ class RemoteBackend(Backend):
         self._endpoints = _Endpoints(urls, down_s)
         self._model = model
         self._identity: dict[str, Any] | None = None
+        self._identity_error: ModelLoadError | None = None
         self._lock = threading.Lock()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         per_host = self.concurrency + 1
@@ -155,10 +158,19 @@ class RemoteBackend(Backend):
         return self.identity()["model"]
 
     def identity(self) -> dict[str, Any]:
-        """The served model as /v1/models describes it; base URLs left out, so replicas share a cache."""
+        """The served model as /v1/models describes it; base URLs left out, so replicas share a cache.
+
+        A failed lookup is asked again by the next caller, except once the backend is closed (the job
+        stopped on that error): loader threads still asking then get the same error, not a closed client."""
         with self._lock:
+            if self._identity is None and self._identity_error is not None and self._client.is_closed:
+                raise self._identity_error
             if self._identity is None:
-                self._identity = self._lookup_model()
+                try:
+                    self._identity = self._lookup_model()
+                except ModelLoadError as exc:
+                    self._identity_error = exc
+                    raise
             return self._identity
 
     def _lookup_model(self) -> dict[str, Any]:
@@ -199,9 +211,11 @@ class RemoteBackend(Backend):
         return sum(len(u) for u in request.prepared["images"]) if _is_ours(request.prepared) else 0
 
     def prepare(self, request: Request) -> Request:
-        """Encode the page images as PNG data URLs (lossless: the server sees the pixels glmv would)."""
+        """The page images as data URLs: a file's own PNG or JPEG bytes where the image is exactly their
+        decoding, a lossless PNG of the pixels otherwise (either way the server sees the pixels glmv would)."""
         started = time.perf_counter()
-        urls = [_data_url(image) for image in request.images]
+        encoded = request.encoded or [None] * len(request.images)
+        urls = [_data_url(image, raw) for image, raw in zip(request.images, encoded, strict=True)]
         prepared = {"backend": "openai", "images": urls, "preprocess_s": time.perf_counter() - started}
         return request.model_copy(update={"prepared": prepared})
 
@@ -533,7 +547,10 @@ def _logprobs(block: dict[str, Any] | None) -> tuple[list[str] | None, list[floa
     return tokens, logprobs, [bytes(b) for b in raw] if all(isinstance(b, list) for b in raw) else None
 
 
-def _data_url(image: Any) -> str:
+def _data_url(image: Any, encoded: bytes | None = None) -> str:
+    for magic, mime in ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg")):
+        if encoded and encoded.startswith(magic):
+            return f"data:{mime};base64," + base64.b64encode(encoded).decode("ascii")
     if image.mode not in ("RGB", "RGBA", "L"):
         image = image.convert("RGB")
     buffer = io.BytesIO()
