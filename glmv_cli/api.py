@@ -213,22 +213,24 @@ class Glmv:
             )  # fmt: skip
         from glmv_cli.engine.base import GenerationSettings, Request
         from glmv_cli.extraction.prompt import pick_text_hint, question_prompt
-        from glmv_cli.inputs import fit_for_vision, load_document
+        from glmv_cli.inputs import fit_for_vision, load_document, own_bytes
 
         if text_hint not in TEXT_HINT_MODES:
             raise UsageError(f"unknown text_hint {text_hint!r}", "choose auto, on or off")
         started = time.perf_counter()
-        images, texts = [], []
+        pages, texts = [], []
         for n, source in enumerate(_listed(sources)):
             name = names[n] if names else str(source) if isinstance(source, (str, Path)) else f"input {n + 1}"
             doc = load_document(_loadable(source), name=name, pages=[page], dpi=dpi, password=password, max_pages=1)
-            images.extend(p.image for p in doc.pages)
+            pages.extend(doc.pages)
             texts.extend(p.text for p in doc.pages)
         load_inputs_s = time.perf_counter() - started
         # Slivers and extreme aspect ratios padded, huge pages shrunk: the processor would refuse them.
         cap = self.backend.max_image_pixels()
+        images = [fit_for_vision(p.image, max_pixels=cap) for p in pages]
         request = Request(
-            images=[fit_for_vision(image, max_pixels=cap) for image in images],
+            images=images,
+            encoded=own_bytes(pages, images) if self.backend.accepts_encoded_images else None,
             prompt=question_prompt(question, pick_text_hint(texts, text_hint)),
             settings=GenerationSettings(max_new_tokens=max_tokens, temperature=temperature, think=think),
         )

@@ -20,12 +20,14 @@ from glmv_cli.inputs import (
     fit_for_vision,
     format_page_ranges,
     load_document,
+    own_bytes,
     parse_page_spec,
     sniff_kind,
 )
 from glmv_cli.inputs.images import to_rgb
 from glmv_cli.inputs.pages import count_selected, select_pages
 from glmv_cli.inputs.pdf import capped_scale
+from tests.conftest import SAMPLES
 
 CORPUS = Path(__file__).parents[2] / "shared" / "corpus"
 NASTY = CORPUS / "nasty"
@@ -220,6 +222,37 @@ def test_exif_orientation_applied(tmp_path):
     assert image.size == (20, 40)
     assert image.getpixel((10, 5))[0] > 200  # the old left edge is now the top
     assert image.getpixel((10, 35))[2] > 200
+
+
+def test_a_page_keeps_its_files_bytes_only_when_it_is_them_as_decoded(tmp_path):
+    """Page.encoded (what a remote server is sent as is): an upright RGB PNG or JPEG, one frame, not
+    scaled; anything glmv converts, turns, flattens or shrinks is re-encoded from its pixels instead."""
+    rgb = Image.new("RGB", (40, 20), (200, 10, 10))
+    for fmt in ("PNG", "JPEG"):
+        data = image_bytes(rgb, fmt)
+        page = load_document(data).pages[0]
+        assert page.encoded == data, fmt
+        assert own_bytes([page], [page.image]) == [data]
+        assert own_bytes([page], [fit_for_vision(page.image, max_pixels=28 * 28)]) == [None]  # shrunk: re-encode
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    turned = io.BytesIO()
+    rgb.save(turned, "JPEG", exif=exif)
+    clear = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    for data in (
+        turned.getvalue(),
+        image_bytes(clear, "PNG"),
+        image_bytes(Image.new("L", (4, 4)), "PNG"),
+        image_bytes(Image.new("CMYK", (8, 8)), "JPEG"),
+        image_bytes(rgb, "WEBP"),
+        image_bytes(rgb, "GIF"),
+    ):
+        assert load_document(data).pages[0].encoded is None
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (1200, 800), (0, 0, 255)).save(big)
+    shrunk = load_document(big, max_pixels=300_000).pages[0]  # decoded at 1/2 or less by the JPEG decoder
+    assert shrunk.image.size != (1200, 800) and shrunk.encoded is None
+    assert load_document(SAMPLES / "invoice-acme.pdf").pages[0].encoded is None  # a rendered page
 
 
 def test_cmyk_becomes_rgb(tmp_path):

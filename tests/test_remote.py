@@ -432,6 +432,11 @@ def test_extract_over_the_openai_backend_writes_every_record_and_never_imports_t
     assert all(r.get("confidence") == {"vendor": 0.6065, "total": 0.6065} for r in records), records[0]
     assert {r["model"] for r in records} == {"glmv-test"}
     assert len(server.bodies) == 3 and heavy == []
+    # upright RGB PNG and JPEG files go to the server as they are, not decoded and encoded again
+    sent = sorted(
+        base64.b64decode(b["messages"][1]["content"][0]["image_url"]["url"].split(",", 1)[1]) for b in server.bodies
+    )
+    assert sent == sorted(Path(f).read_bytes() for f in SAMPLE_FILES)
 
 
 def test_extract_exit_codes_when_the_server_fails(server, tmp_path):

@@ -37,6 +37,9 @@ class Request(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     images: list[Any] = Field(default_factory=list)  # PIL images, in order
+    # Per image, its file's own bytes where the image is exactly their decoding (Page.encoded), for a backend
+    # that sends files (accepts_encoded_images); None, or a None entry: encode the pixels.
+    encoded: list[bytes | None] | None = None
     prompt: str
     system: str | None = None
     json_schema: dict[str, Any] | None = None
@@ -88,6 +91,7 @@ class Backend(abc.ABC):
     model_id: str
     load_s: float = 0.0
     supports_chat: bool = False  # Request.messages, tools and Lark grammars (the local engine)
+    accepts_encoded_images: bool = False  # sends Request.encoded as they are (a remote server decodes them)
 
     @abc.abstractmethod
     def generate(self, requests: Sequence[Request]) -> list[Generation]:

@@ -167,6 +167,8 @@ class ServerProcess:
 class ManagedVllmBackend(Backend):
     """The remote backend over a vLLM server this process starts on first use and stops on close()."""
 
+    accepts_encoded_images = True
+
     def __init__(
         self,
         model: str,

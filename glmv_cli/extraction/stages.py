@@ -35,7 +35,7 @@ from glmv_cli.extraction.loading import LoadTask
 from glmv_cli.extraction.parse import validate
 from glmv_cli.extraction.prompt import PROMPT_VERSION, SYSTEM, build_prompt, pick_text_hint, repair_prompt
 from glmv_cli.extraction.schemas import ResolvedSchema
-from glmv_cli.inputs import DEFAULT_MAX_FILE_SIZE, Document, fit_for_vision, load_document, read_file
+from glmv_cli.inputs import DEFAULT_MAX_FILE_SIZE, Document, fit_for_vision, load_document, own_bytes, read_file
 from glmv_cli.records import Record, Timings
 from glmv_cli.review.store import CorrectionStore, apply_decisions
 
@@ -238,6 +238,7 @@ class Stages:
             images = [fit_for_vision(p.image, max_pixels=cap) for p in pages]
             request = Request(
                 images=images,
+                encoded=own_bytes(pages, images) if self.backend.accepts_encoded_images else None,
                 prompt=prompt,
                 system=SYSTEM,
                 json_schema=self.json_schema,

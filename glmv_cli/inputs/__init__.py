@@ -2,7 +2,7 @@
 
 from glmv_cli.inputs.discover import discover
 from glmv_cli.inputs.document import Document, Page
-from glmv_cli.inputs.images import fit_for_vision
+from glmv_cli.inputs.images import fit_for_vision, own_bytes
 from glmv_cli.inputs.load import load_document
 from glmv_cli.inputs.pages import format_page_ranges, parse_page_spec
 from glmv_cli.inputs.read import DEFAULT_MAX_FILE_SIZE, read_file, roots_of
@@ -17,6 +17,7 @@ __all__ = [
     "fit_for_vision",
     "format_page_ranges",
     "load_document",
+    "own_bytes",
     "parse_page_spec",
     "read_file",
     "roots_of",

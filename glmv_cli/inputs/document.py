@@ -17,6 +17,9 @@ class Page:
     image: Image.Image  # RGB, EXIF orientation applied
     text: str | None = None  # PDF text layer; None for images or pages without one
     words: list[tuple[str, float, float, float, float]] | None = None  # its words, boxes in 0-1 (top left)
+    # The file's own PNG or JPEG bytes when `image` is exactly their decoding (one frame, RGB, no EXIF
+    # orientation, no scaling): a remote server is sent them as they are instead of a re-encoding.
+    encoded: bytes | None = None
 
 
 @dataclass

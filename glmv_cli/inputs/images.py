@@ -17,6 +17,7 @@ from glmv_cli.inputs.pages import select_pages
 _OPEN_LOCK = threading.Lock()
 _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
+ORIENTATION = 0x0112  # the EXIF orientation tag; 1 is upright
 
 
 def load_image(data: bytes, *, pages: list[int] | None, max_pages: int, max_pixels: int) -> tuple[list[Page], int]:
@@ -29,7 +30,14 @@ def load_image(data: bytes, *, pages: list[int] | None, max_pages: int, max_pixe
         except Exception:  # a broken IFD chain; Pillow raises many types here
             raise InputError("corrupt TIFF (cannot count its pages)", code="image_corrupt") from None
         numbers = select_pages(pages, total, max_pages)
-        return [Page(n, _decode_frame(img, n, max_pixels)) for n in numbers], total
+        filed = img.format in ("PNG", "JPEG") and img.mode == "RGB" and getattr(img, "n_frames", 1) == 1
+        size = img.size
+        decoded = [Page(n, _decode_frame(img, n, max_pixels)) for n in numbers]
+        # The page is the file's pixels as they are (no conversion, orientation or DCT scaling): keep its bytes.
+        upright = "transparency" not in img.info and img.getexif().get(ORIENTATION, 1) == 1
+        if filed and upright and decoded[0].image.size == size:
+            decoded[0].encoded = data
+        return decoded, total
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -62,6 +70,11 @@ def fit_for_vision(
     padded = Image.new("RGB", canvas, "white")
     padded.paste(img, ((canvas[0] - size[0]) // 2, (canvas[1] - size[1]) // 2))
     return padded
+
+
+def own_bytes(pages: list[Page], images: list[Image.Image]) -> list[bytes | None]:
+    """Per page, its file's own bytes (Page.encoded) where fitting left its image as decoded, else None."""
+    return [p.encoded if image is p.image else None for p, image in zip(pages, images, strict=True)]
 
 
 def _fitted_size(
