@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -138,3 +140,49 @@ def test_backend_vllm_runs_its_own_server_and_matches_a_hand_started_one(vllm_ur
     theirs = [json.loads(line) for line in remote.stdout.splitlines()]
     assert [(r["file"], r["status"], r["data"]) for r in mine] == [(r["file"], r["status"], r["data"]) for r in theirs]
     assert subprocess.run(["pgrep", "-f", "vllm serve .*glmv-tiny-trained"], capture_output=True).returncode == 1
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below pid (vLLM's API server starts its engine core as a child)."""
+    out, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            with open(f"/proc/{parent}/task/{parent}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+        except OSError:
+            kids = []
+        out += kids
+        todo += kids
+    return out
+
+
+def test_sigkilled_glmv_leaves_no_vllm(tiny_model, tmp_path, request):
+    """`glmv extract --backend vllm` killed with SIGKILL once its server is up: the real vllm serve and every
+    process under it end (the parent-death signal), none is left behind."""
+    skip_unless_vllm_run(request)
+    from tests.test_managed import _alive, _wait_dead
+
+    model = tmp_path / "own-tiny"  # a path of its own: no other server's command line holds it
+    shutil.copytree(tiny_model, model)
+    args = ["extract", str(ROOT / "samples"), "--schema", "invoice", "--no-cache", "--max-tokens", "4096"]
+    args += ["-m", str(model), "--backend", "vllm", "--vllm-command", str(vllm_server.VLLM)]
+    env = {**vllm_server.server_env(), "PATH": os.environ["PATH"]}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glmv_cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        for line in proc.stderr:  # the event: the server is up and the job has begun
+            if "vllm serve ready" in line:
+                break
+        found = subprocess.run(["pgrep", "-f", f"vllm serve {model}"], capture_output=True, text=True)
+        [server] = [int(p) for p in found.stdout.split()]
+        family = [server, *_descendants(server)]
+        assert proc.poll() is None, "glmv finished before it could be killed: give it more work"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        for pid in family:
+            assert _wait_dead(pid, timeout=120), f"process {pid} under vllm serve outlived a SIGKILLed glmv"
+        assert not any(_alive(pid) for pid in family)
+    finally:
+        proc.kill()
