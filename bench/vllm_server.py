@@ -64,9 +64,8 @@ class Server(ServerProcess):
         served_name: str,
         max_model_len: int = 16384,
         extra_args: tuple[str, ...] = (),
-        structured_backend: str = STRUCTURED_BACKEND,
     ):
-        config = json.dumps({"backend": structured_backend, "disable_any_whitespace": True})
+        config = json.dumps({"backend": STRUCTURED_BACKEND, "disable_any_whitespace": True})
         cmd = [
             str(VLLM),
             "serve",
