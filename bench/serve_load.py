@@ -16,7 +16,8 @@
    round, in alternating order, `glmv extract --backend openai --base-url <vllm>/v1` over the bench
    documents (`--concurrency` = IN_FLIGHT, `--no-cache`, `--no-repair` so one request per
    document, `--max-tokens` = the bench's budget) and the same requests sent straight to vLLM with
-   the same number in flight (bench/with_vllm.py's bodies and round). glmv's docs/s is over the run
+   the same number in flight (bench/with_vllm.py's bodies and round, log-probabilities asked for as
+   glmv asks for them). glmv's docs/s is over the run
    as its `--stats-json` times it (`wall_s`), and also over the whole command (start-up included).
 
 Every server runs in its own process group and is stopped (the whole group) in a `finally`.
@@ -220,7 +221,7 @@ def remote_part() -> dict[str, Any]:
     json_schema, prompt = constraint_schema(schema.json_schema()), build_prompt(schema)
 
     def make_body(png: bytes) -> bytes:
-        return request_body(SYSTEM, prompt, png, json_schema)
+        return request_body(SYSTEM, prompt, png, json_schema, logprobs=True)  # as glmv asks, for confidence
 
     paths = bench_images()
     out: dict[str, Any] = {"docs": len(paths), "in_flight": IN_FLIGHT, "max_tokens": MAX_NEW_TOKENS, "rounds": []}

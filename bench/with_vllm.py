@@ -78,8 +78,11 @@ class TreeRss:
         self._thread.join()
 
 
-def request_body(system: str, prompt: str, image_png: bytes, json_schema: dict[str, Any]) -> bytes:
-    """glmv's messages (system text, then the image and the prompt) as an OpenAI chat request."""
+def request_body(
+    system: str, prompt: str, image_png: bytes, json_schema: dict[str, Any], logprobs: bool = False
+) -> bytes:
+    """glmv's messages (system text, then the image and the prompt) as an OpenAI chat request; with
+    `logprobs`, the per-token log-probabilities glmv's remote backend asks for (its confidence)."""
     url = "data:image/png;base64," + base64.b64encode(image_png).decode()
     body = {
         "model": SERVED_NAME,
@@ -99,6 +102,8 @@ def request_body(system: str, prompt: str, image_png: bytes, json_schema: dict[s
         },
         "chat_template_kwargs": {"enable_thinking": False},
     }
+    if logprobs:
+        body["logprobs"] = True
     return json.dumps(body).encode()
 
 
