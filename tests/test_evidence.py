@@ -61,6 +61,12 @@ def test_pdf_text_layer_words_have_page_boxes():
     assert load_document(SAMPLES / "invoice-acme.png").pages[0].words is None
 
 
+def _words_in(words, box) -> list[str]:
+    """The words of a page whose boxes lie inside `box` (0-1, top left)."""
+    x0, y0, x1, y1 = box
+    return [w[0] for w in words if w[1] >= x0 - 1e-3 and w[3] <= x1 + 1e-3 and w[2] >= y0 - 1e-3 and w[4] <= y1 + 1e-3]
+
+
 @pytest.mark.xdist_group("trained-model")
 def test_extract_gives_right_values_their_boxes(tmp_path):
     """The trained checkpoint on held-out text-layer invoices: every value it got right has a box whose
@@ -87,12 +93,7 @@ def test_extract_gives_right_values_their_boxes(tmp_path):
                 continue
             evidence = record["evidence"][field]
             assert evidence is not None and evidence["page"] == 1 and evidence["source"] == "text", field
-            x0, y0, x1, y1 = evidence["box"]
-            inside = [
-                w[0]
-                for w in words
-                if w[1] >= x0 - 1e-3 and w[3] <= x1 + 1e-3 and w[2] >= y0 - 1e-3 and w[4] <= y1 + 1e-3
-            ]
+            inside = _words_in(words, evidence["box"])
             assert same(normalise(" ".join(inside)), normalise(value)), (field, inside, value)
             checked += 1
     assert checked >= 6
@@ -102,8 +103,13 @@ def test_extract_gives_right_values_their_boxes(tmp_path):
     assert any(row["total.page"] == "1" and len(row["total.box"].split()) == 4 for row in rows)
 
 
-CORPUS_MAPS = {"i2d_": "invoice2data", "zf_": "facturx", "az_Invoice": "azure-labels", "az_sample": "azure-invoice"}
-CORPUS_MAPS["gcp_"] = "gcp-warehouse"
+CORPUS_MAPS = {  # file-name prefix -> the glmv eval map of its truth format
+    "i2d_": "invoice2data",
+    "zf_": "facturx",
+    "az_Invoice": "azure-labels",
+    "az_sample": "azure-invoice",
+    "gcp_": "gcp-warehouse",
+}
 
 
 def test_corpus_values_in_a_text_layer_have_boxes_that_hold_them():
@@ -136,13 +142,7 @@ def test_corpus_values_in_a_text_layer_have_boxes_that_hold_them():
             if box is None:
                 continue
             assert box["source"] == "text"
-            page = next(p for p in pages if p.number == box["page"])
-            x0, y0, x1, y1 = box["box"]
-            inside = [
-                w[0]
-                for w in page.words
-                if w[1] >= x0 - 1e-3 and w[3] <= x1 + 1e-3 and w[2] >= y0 - 1e-3 and w[4] <= y1 + 1e-3
-            ]
+            inside = _words_in(next(p for p in pages if p.number == box["page"]).words, box["box"])
             assert same(normalise(" ".join(inside)), want), (pdf.name, field, value, inside)
             checked += 1
             found_in.add(pdf.name)

@@ -161,7 +161,7 @@ def test_sigkilled_glmv_leaves_no_vllm(tiny_model, tmp_path, request):
     """`glmv extract --backend vllm` killed with SIGKILL once its server is up: the real vllm serve and every
     process under it end (the parent-death signal), none is left behind."""
     skip_unless_vllm_run(request)
-    from tests.test_managed import _alive, _wait_dead
+    from tests.test_managed import _wait_dead
 
     model = tmp_path / "own-tiny"  # a path of its own: no other server's command line holds it
     shutil.copytree(tiny_model, model)
@@ -183,6 +183,5 @@ def test_sigkilled_glmv_leaves_no_vllm(tiny_model, tmp_path, request):
         proc.wait(timeout=30)
         for pid in family:
             assert _wait_dead(pid, timeout=120), f"process {pid} under vllm serve outlived a SIGKILLed glmv"
-        assert not any(_alive(pid) for pid in family)
     finally:
         proc.kill()
