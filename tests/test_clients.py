@@ -2,8 +2,9 @@
 
 One `glmv serve` on the trained checkpoint for the module; one held-out invoice it never saw, sent as a
 page image with its text layer in the user's message. Each client must return a validated Pydantic
-object with the invoice's values: the openai client's tools, instructor in TOOLS, JSON, JSON_SCHEMA
-and MD_JSON modes, and LangChain's with_structured_output by json_schema, function_calling and json_mode.
+object with the invoice's values: the openai client's tools (plain and strict), instructor in TOOLS, JSON,
+JSON_SCHEMA and MD_JSON modes (instructor 1.x sends TOOLS_STRICT as TOOLS, with no `strict`), and LangChain's
+with_structured_output by json_schema, function_calling (plain and strict) and json_mode.
 (The openai client's `parse` is in test_trained_model.py.)
 
 The committed checkpoint was trained on glmv's own prompts plus tool calls and LangChain's and the
@@ -87,17 +88,25 @@ def _openai(base: str):
     return OpenAI(base_url=base, api_key=KEY, max_retries=0, timeout=120)
 
 
-def test_openai_tools_forced_call(served, invoice):
-    tool = {"type": "function", "function": {"name": "Numbers", "parameters": Numbers.model_json_schema()}}
-    reply = _openai(served).chat.completions.create(
+def forced_call(base: str, invoice: dict, strict: bool):
+    """The openai client calling the Numbers tool by name; strict as `openai.pydantic_function_tool` sends it."""
+    function = {"name": "Numbers", "parameters": Numbers.model_json_schema()}
+    if strict:
+        function = {**function, "parameters": {**function["parameters"], "additionalProperties": False}, "strict": True}
+    reply = _openai(base).chat.completions.create(
         model="glmv-tiny-trained",
         messages=_messages(invoice),
-        tools=[tool],
+        tools=[{"type": "function", "function": function}],
         tool_choice={"type": "function", "function": {"name": "Numbers"}},
         temperature=0,
         max_tokens=200,
     )
-    choice = reply.choices[0]
+    return reply.choices[0]
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["plain", "strict"])
+def test_openai_tools_forced_call(served, invoice, strict):
+    choice = forced_call(served, invoice, strict)
     assert choice.finish_reason == "tool_calls"
     _right(Numbers.model_validate_json(choice.message.tool_calls[0].function.arguments), invoice)
 
@@ -120,7 +129,7 @@ def test_instructor(served, invoice, mode):
     _right(obj, invoice)
 
 
-@pytest.mark.parametrize("method", ["json_schema", "function_calling", "json_mode"])
+@pytest.mark.parametrize("method", ["json_schema", "function_calling", "function_calling-strict", "json_mode"])
 def test_langchain_with_structured_output(served, invoice, method):
     pytest.importorskip("langchain_openai")
     from langchain_openai import ChatOpenAI
@@ -132,7 +141,8 @@ def test_langchain_with_structured_output(served, invoice, method):
 
         ask = "Extract the invoice. Return a JSON object with the keys invoice_number, total."
         text = question_prompt(ask, invoice["text"].split("<<<\n", 1)[1].split("\n>>>", 1)[0])
-    structured = llm.with_structured_output(Numbers, method=method)
+    method, _, strict = method.partition("-")
+    structured = llm.with_structured_output(Numbers, method=method, strict=True if strict else None)
     _right(structured.invoke(_messages(invoice, text)), invoice)
 
 
