@@ -60,7 +60,7 @@ def served(request, tmp_path_factory):
 @pytest.mark.parametrize("strict", [pytest.param(False, marks=FORCED_RUNS_ON), True], ids=["plain", "strict"])
 def test_openai_tools_forced_call(served, invoice, strict):
     choice = clients.forced_call(served, invoice, strict)
-    assert choice.finish_reason in ("tool_calls", "stop")  # a named function: vLLM says "stop", as OpenAI does
+    assert choice.finish_reason in ("tool_calls", "stop")  # for a named function vLLM says "stop"
     clients._right(Numbers.model_validate_json(choice.message.tool_calls[0].function.arguments), invoice)
 
 
