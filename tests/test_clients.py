@@ -82,6 +82,11 @@ def _right(obj: Numbers, invoice: dict) -> None:
     assert obj.total == invoice["truth"]["total"]
 
 
+def _right_call(call, invoice: dict) -> None:
+    """A tool call's arguments validate as Numbers and hold the invoice's values."""
+    _right(Numbers.model_validate_json(call.function.arguments), invoice)
+
+
 def _openai(base: str):
     from openai import OpenAI
 
@@ -108,7 +113,7 @@ def forced_call(base: str, invoice: dict, strict: bool):
 def test_openai_tools_forced_call(served, invoice, strict):
     choice = forced_call(served, invoice, strict)
     assert choice.finish_reason == "tool_calls"
-    _right(Numbers.model_validate_json(choice.message.tool_calls[0].function.arguments), invoice)
+    _right_call(choice.message.tool_calls[0], invoice)
 
 
 @pytest.mark.parametrize(

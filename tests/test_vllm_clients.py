@@ -63,7 +63,7 @@ def served(request, tmp_path_factory):
 def test_openai_tools_forced_call(served, invoice, strict):
     choice = clients.forced_call(served, invoice, strict)
     assert choice.finish_reason in ("tool_calls", "stop")  # for a named function vLLM says "stop"
-    clients._right(Numbers.model_validate_json(choice.message.tool_calls[0].function.arguments), invoice)
+    clients._right_call(choice.message.tool_calls[0], invoice)
 
 
 @pytest.mark.parametrize("tool_choice", ["named", "required", "auto"])
@@ -82,7 +82,7 @@ def test_vllm_forced_call_has_the_right_arguments(served, invoice, tool_choice):
     assert result.finish_reason in ("tool_calls", "stop", "length")  # length: see the module's docstring
     [call] = result.message.tool_calls
     assert call.function.name == "Numbers"
-    clients._right(Numbers.model_validate_json(call.function.arguments), invoice)
+    clients._right_call(call, invoice)
 
 
 @pytest.mark.parametrize(
