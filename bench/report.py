@@ -125,8 +125,18 @@ def extras(results: dict[str, dict[str, Any]]) -> str:
             f"{r['prompt_tokens_1000_max']}; --max-tokens {r['max_tokens']}, cache off; "
             f"walls {r['wall_50_s']:.0f} s and {r['wall_1000_s']:.0f} s)"
         )
+    p = results.get("prefix_reuse", {})
+    if "ttft_ratio" in p:
+        runs = ", ".join(f"{x:.2f}" for x in p["ttft_ratio_runs"])
+        r0 = p["rounds"][0]
+        lines.append(
+            f"follow-up question TTFT  {p['ttft_ratio']:.2f}x the first's (median of {len(p['rounds'])} pages: "
+            f"{runs}; e.g. {r0['first']['ttft_s']:.3f} s then {r0['second']['ttft_s']:.3f} s, "
+            f"{r0['prompt_tokens']} prompt tokens, {p['prefix_cache']['saved_tokens']} reused in all); "
+            f"whole ask {p['wall_ratio']:.2f}x; answers identical to no reuse: {p['identical']}"
+        )
     lines.extend(_serve_load_lines(results.get("serve_load", {})))
-    for key in ("startup", "cached", "grammar_cost", "rss_scale", "serve_load"):
+    for key in ("startup", "cached", "grammar_cost", "rss_scale", "prefix_reuse", "serve_load"):
         if results.get(key, {}).get("error"):
             lines.append(f"{key}: ERROR: {results[key]['error']}")
     return "\n".join(lines)
@@ -224,6 +234,14 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(_target("RSS(1000 pages) <= 1.2x RSS(50 pages)", r["ratio"] <= 1.2, detail))
     else:
         out.append(_target("RSS(1000 pages) <= 1.2x RSS(50 pages)", None, r.get("error", "not measured")))
+    p = results.get("prefix_reuse", {})
+    name = "follow-up question's TTFT <= 0.25x the first's, answers identical (real-size page)"
+    if "ttft_ratio" in p:
+        runs = ", ".join(f"{x:.2f}" for x in p["ttft_ratio_runs"])
+        detail = f"{p['ttft_ratio']:.2f}x (runs {runs}); identical: {p['identical']}"
+        out.append(_target(name, p["ttft_ratio"] <= 0.25 and p["identical"], detail))
+    else:
+        out.append(_target(name, None, p.get("error", "not measured")))
     out.extend(_serve_load_targets(results.get("serve_load", {})))
     return out
 

@@ -37,6 +37,7 @@ STEPS: list[tuple[str, list[str]]] = [
     ("grammar_cost", ["bench.grammar_cost"]),
     ("cached", ["bench.cached"]),
     ("rss_scale", ["bench.rss_scale"]),
+    ("prefix_reuse", ["bench.prefix_reuse"]),  # a follow-up question about the same page: its time to first token
     ("serve_load", ["bench.serve_load"]),  # glmv serve under 8 clients; glmv --backend openai vs vLLM direct
 ]
 RESULTS = common.ROOT / "bench" / "results.json"
