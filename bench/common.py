@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # answers are real ones. The real-size memory step (rss_scale) uses the random tiny with the real image cap.
 CHECKPOINT = ROOT / "models" / "glmv-tiny-trained"
 WORK = ROOT / "build" / "bench"  # every generated input and cache lives here (ignored by git)
+TINY_REAL = ROOT / "build" / "tiny-glm4v-real"  # the random tiny with the stock processor's image cap
 IMAGES = WORK / "images"
 CORPUS = [ROOT.parent / "shared" / "corpus" / "invoices", ROOT.parent / "shared" / "corpus" / "receipts"]
 PYTHON = sys.executable
@@ -196,3 +197,15 @@ def chat_messages(system: str, prompt: str, images: int = 1) -> list[dict[str, A
         {"role": "system", "content": [{"type": "text", "text": system}]},
         {"role": "user", "content": content},
     ]
+
+
+def tiny_real() -> Path:
+    """The real-image-limits tiny checkpoint, built on first use (a second, offline)."""
+    if not (TINY_REAL / "config.json").is_file():
+        subprocess.run(
+            [PYTHON, "-m", "glmv_cli.engine.tiny", str(TINY_REAL), "--real-image-limits"],
+            check=True,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )
+    return TINY_REAL

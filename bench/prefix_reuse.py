@@ -11,14 +11,12 @@ whole `Glmv.ask` (reading and rendering the PDF, preprocessing, prefill, a few t
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import PYTHON, ROOT, WORK, emit, noise_images
+from bench.common import ROOT, TINY_REAL, WORK, emit, noise_images, tiny_real
 
-TINY_REAL = ROOT / "build" / "tiny-glm4v-real"
 CORPUS_INVOICES = ROOT.parent / "shared" / "corpus" / "invoices"
 QUESTIONS = ("What is the total?", "Who is the vendor?")
 MAX_TOKENS = 8
@@ -39,13 +37,7 @@ def median(values: list[float]) -> float:
 def main() -> None:
     from glmv_cli import Glmv
 
-    if not (TINY_REAL / "config.json").is_file():
-        subprocess.run(
-            [PYTHON, "-m", "glmv_cli.engine.tiny", str(TINY_REAL), "--real-image-limits"],
-            check=True,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-        )
+    tiny_real()
     pages = sorted(CORPUS_INVOICES.glob("*.pdf"))[:ROUNDS]
     [warm] = noise_images(WORK / "prefix-warm", 1, (200, 100), seed=3)
     reuse = Glmv(str(TINY_REAL), cache=False, prefix_cache_mb=1024)

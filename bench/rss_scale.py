@@ -12,12 +12,10 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
-from bench.common import GLMV, PYTHON, ROOT, WORK, cli_env, emit, run_measured
+from bench.common import GLMV, ROOT, TINY_REAL, WORK, cli_env, emit, run_measured, tiny_real
 
-TINY_REAL = ROOT / "build" / "tiny-glm4v-real"
 CORPUS = ROOT.parent / "shared" / "corpus"
 SIZES = (50, 1000)
 PAGES_PER_DOC = range(1, 9)
@@ -74,13 +72,7 @@ def build_folder(folder: Path, total_pages: int) -> list[int]:
 
 
 def main() -> None:
-    if not (TINY_REAL / "config.json").is_file():
-        subprocess.run(
-            [PYTHON, "-m", "glmv_cli.engine.tiny", str(TINY_REAL), "--real-image-limits"],
-            check=True,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-        )
+    tiny_real()
     result: dict = {
         "name": "rss_scale",
         "checkpoint": str(TINY_REAL.relative_to(ROOT)),
