@@ -57,3 +57,37 @@ def test_prefix_cache_is_bounded_by_bytes():
     cache.put("d", Prefix(10, kv))  # c is now the least recently used
     assert cache.get("c") is None and cache.get("b") is not None
     assert PrefixCache(0, 5).key({"input_ids": torch.tensor([[5, 1]]), "pixel_values": torch.zeros(1)}) is None
+
+
+def test_a_follow_up_skips_the_processor_and_encodes_as_the_processor_does():
+    """The processed page is kept by content hash; the prompt tokenised around it is the processor's own
+    encoding, token for token and pixel for pixel (two images of different sizes, a system turn)."""
+    import torch
+
+    from glmv_cli.engine.local import LocalBackend
+    from glmv_cli.engine.prefix import IMAGE_DIGESTS, ImageCache, encode_with_images
+
+    backend = LocalBackend(str(TRAINED), prefix_cache_mb=64)
+    processor = backend.loaded.processor
+    page = Image.open(SAMPLES / "invoice-acme.png").convert("RGB")
+    small = Image.open(SAMPLES / "screenshot-login.png").convert("RGB").resize((300, 200))
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Total?"}]},
+    ]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    want = processor(text=[text], images=[[page, small]], return_tensors="pt")
+    cache = ImageCache(64 * 2**20)
+    for _ in range(2):  # processed, then taken from the cache
+        got = encode_with_images(processor, text, [page, small], cache, torch.float32)
+        for key in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw"):
+            assert torch.equal(got[key], want[key]), key
+    assert cache.stats()["hits"] == 2 and cache.stats()["entries"] == 2
+    assert len(set(got[IMAGE_DIGESTS])) == 2
+
+    # Through the engine: the second question about the page (a new but equal image) hits the kept pixels.
+    backend.generate(_requests(page)[:1])
+    backend.generate(_requests(page.copy())[1:2])
+    assert backend._images.stats()["hits"] == 1 and backend.prefixes.stats()["hits"] == 1
+    assert backend.held_bytes(backend.prepare(_requests(page)[0])) > page.width * page.height  # digests aside
+    assert ImageCache(0).max_bytes == 0 and LocalBackend(str(TRAINED))._images.max_bytes == 0  # off with reuse

@@ -19,7 +19,7 @@ from glmv_cli.engine.decode import Batcher, Finished, KVBatch, Row, Sampler
 from glmv_cli.engine.grammar import GrammarCompiler
 from glmv_cli.engine.identity import local_identity
 from glmv_cli.engine.loader import LoadedModel, load_model
-from glmv_cli.engine.prefix import Prefix, PrefixCache
+from glmv_cli.engine.prefix import ImageCache, Prefix, PrefixCache, encode_with_images
 from glmv_cli.engine.steps import RowSteps, StepProcessor
 from glmv_cli.engine.text import THINK_CLOSE, AnswerFilter, split_thinking
 
@@ -28,6 +28,7 @@ _MODELS: dict[tuple, LoadedModel] = {}
 # documents never asks twice. glmv serve keeps 1 GB: GLM-4.6V-Flash holds about 40 KB per token in
 # bf16, 140 MB for an A4 page at 150 dpi, so about 7 pages.
 PREFIX_CACHE_MB = 0
+IMAGE_CACHE_SHARE = 4  # processed page images kept beside the prefixes: a quarter of their bytes
 CPU_TOKEN_BUDGET = 8 * 8192  # no device memory to size by on CPU: eight rows of 8k tokens
 GPU_MEMORY_SHARE = 0.6  # of the memory free once the weights are in, for the KV cache and activations
 # Prompt tokens per prefill (rows x longest prompt), vLLM's default batched-token limit too: short
@@ -116,6 +117,8 @@ class LocalBackend(Backend):
         self.model_id = model
         self._prefix_bytes = prefix_cache_mb * 2**20
         self._prefixes: PrefixCache | None = None
+        # The pages' processed pixels beside their prefixes: a follow-up skips the processor too.
+        self._images = ImageCache(self._prefix_bytes // IMAGE_CACHE_SHARE)
         self._options = {"device": device, "dtype": dtype, "quant": quant, "revision": revision}
         self._batch_size = batch_size
         self._loaded: LoadedModel | None = None
@@ -185,7 +188,8 @@ class LocalBackend(Backend):
     def held_bytes(self, request: Request) -> int:
         if request.prepared is None:
             return 0
-        return sum(t.numel() * t.element_size() for t in request.prepared[1][0].values())
+        tensors = [t for t in request.prepared[1][0].values() if isinstance(t, torch.Tensor)]  # not the digests
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def max_image_pixels(self) -> int | None:
         size = getattr(self.loaded.processor.image_processor, "size", None)
@@ -285,13 +289,18 @@ class LocalBackend(Backend):
 
     def _encode(self, request: Request, think: bool) -> tuple[dict[str, torch.Tensor], float]:
         started = time.perf_counter()
-        kwargs: dict[str, Any] = {"text": self._prompts([request], think), "return_tensors": "pt"}
+        lm = self.loaded
+        [text] = self._prompts([request], think)
+        if request.images and self._images.max_bytes:  # the pages' processed pixels kept for follow-ups
+            encoding = encode_with_images(lm.processor, text, list(request.images), self._images, lm.model.dtype)
+            return encoding, time.perf_counter() - started
+        kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
         if request.images:
             kwargs["images"] = [list(request.images)]
-        encoding = dict(self.loaded.processor(**kwargs))
+        encoding = dict(lm.processor(**kwargs))
         encoding.pop("token_type_ids", None)
         if "pixel_values" in encoding:  # held until its batch runs: in the model's dtype, not float32
-            encoding["pixel_values"] = encoding["pixel_values"].to(self.loaded.model.dtype)
+            encoding["pixel_values"] = encoding["pixel_values"].to(lm.model.dtype)
         return encoding, time.perf_counter() - started
 
     def _prompts(self, requests: list[Request], think: bool) -> list[str]:
