@@ -133,7 +133,8 @@ def extras(results: dict[str, dict[str, Any]]) -> str:
             f"follow-up question TTFT  {p['ttft_ratio']:.2f}x the first's (median of {len(p['rounds'])} pages: "
             f"{runs}; e.g. {r0['first']['ttft_s']:.3f} s then {r0['second']['ttft_s']:.3f} s, "
             f"{r0['prompt_tokens']} prompt tokens, {p['prefix_cache']['saved_tokens']} reused in all); "
-            f"whole ask {p['wall_ratio']:.2f}x; answers identical to no reuse: {p['identical']}"
+            f"prefill alone {p.get('prefill_ratio', float('nan')):.2f}x; whole ask {p['wall_ratio']:.2f}x; "
+            f"answers identical to no reuse: {p['identical']}"
         )
     lines.extend(_serve_load_lines(results.get("serve_load", {})))
     for key in ("startup", "cached", "grammar_cost", "rss_scale", "prefix_reuse", "serve_load"):
