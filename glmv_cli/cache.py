@@ -43,7 +43,7 @@ class ResultCache:
         if self._db is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
+            _set_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, record TEXT NOT NULL,"
@@ -103,3 +103,18 @@ class ResultCache:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _set_wal(db: sqlite3.Connection, wait_s: float = 30.0) -> None:
+    """Turn on WAL mode, waiting out another process doing the same: switching the journal mode takes
+    an exclusive lock that SQLite's busy timeout does not wait for (seen as 'database is locked' when
+    several runs open a new cache at once)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)

@@ -353,6 +353,29 @@ def test_concurrent_runs_share_the_cache(tmp_path):
     assert cache.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+def test_opening_the_cache_waits_for_another_run_switching_it_to_wal(tmp_path, monkeypatch):
+    """Switching the journal mode needs an exclusive lock that SQLite's busy timeout does not wait for:
+    opening the cache retries until the other run lets go (here: at its first wait)."""
+    import sqlite3
+
+    from glmv_cli import cache as cache_module
+
+    path = tmp_path / "results.sqlite"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("CREATE TABLE t (x)")
+    other.execute("BEGIN EXCLUSIVE")
+    waits = []
+
+    def other_lets_go(seconds: float) -> None:
+        waits.append(seconds)
+        other.execute("COMMIT")
+
+    monkeypatch.setattr(cache_module.time, "sleep", other_lets_go)
+    db = sqlite3.connect(path, timeout=0, isolation_level=None)
+    cache_module._set_wal(db)
+    assert len(waits) == 1 and db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
 def _fill_cache(folder: Path, n: int) -> None:
     from glmv_cli.cache import ResultCache
 
