@@ -3,7 +3,7 @@
 A prompt's prefix is everything up to the end of its last image: the chat template's head, the
 system text, earlier turns and the page images, which are most of the prompt (about 3,500 tokens
 for an A4 page at 150 dpi). Its keys and values are kept after a prefill, keyed by the prefix's
-token ids and the image pixels' hash, bounded by bytes, least recently used first out. A request
+token ids and the images' content hashes, bounded by bytes, least recently used first out. A request
 whose prompt starts with a kept prefix prefills only the rest, its M-RoPE positions taken from the
 whole prompt's (decode.KVBatch.prefill_after).
 
@@ -17,10 +17,13 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
+
+V = TypeVar("V")
 
 
 @dataclass
@@ -35,23 +38,60 @@ class Prefix:
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.kv)
 
 
-class PrefixCache:
-    """Prefixes by key, at most `max_bytes` of them (0 turns the cache off); thread-safe."""
+class BytesCache(Generic[V]):
+    """Values by key, at most `max_bytes` of them (0 keeps none), least recently used first out;
+    thread-safe (requests are prepared in loader threads)."""
 
-    def __init__(self, max_bytes: int, end_of_image_id: int | None):
+    def __init__(self, max_bytes: int, size: Callable[[V], int]):
         self.max_bytes = max_bytes
-        self.end_of_image_id = end_of_image_id
-        self._entries: OrderedDict[str, Prefix] = OrderedDict()
+        self._size = size
+        self._entries: OrderedDict[str, V] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
-        self.hits = self.misses = self.saved_tokens = 0
+        self.hits = self.misses = 0
+
+    def get(self, key: str) -> V | None:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: str, value: V) -> None:
+        size = self._size(value)
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return
+            self._entries[key] = value
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, old = self._entries.popitem(last=False)
+                self._bytes -= self._size(old)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"entries": len(self._entries), "bytes": self._bytes, "hits": self.hits, "misses": self.misses}
+
+
+class PrefixCache(BytesCache[Prefix]):
+    """Prompt prefixes by key (`key`), and how many prompt tokens they saved."""
+
+    def __init__(self, max_bytes: int, end_of_image_id: int | None):
+        super().__init__(max_bytes, lambda prefix: prefix.nbytes)
+        self.end_of_image_id = end_of_image_id
+        self.saved_tokens = 0
 
     def key(self, encoding: dict[str, Any]) -> tuple[str, int] | None:
         """(key, prefix length) of a single-request encoding, or None when it has no image to reuse.
 
-        The images count by their content hashes when the encoding carries them (IMAGE_DIGESTS: hashed
-        once, before processing), else by their processed pixels."""
-        if not self.max_bytes or self.end_of_image_id is None or "pixel_values" not in encoding:
+        The images count by their content hashes (IMAGE_DIGESTS: hashed once, before processing)."""
+        if not self.max_bytes or self.end_of_image_id is None or IMAGE_DIGESTS not in encoding:
             return None
         ids = encoding["input_ids"][0]
         ends = (ids == self.end_of_image_id).nonzero()
@@ -63,48 +103,20 @@ class PrefixCache:
         digest = hashlib.blake2b(digest_size=20)
         digest.update(ids[:length].numpy().tobytes())
         digest.update(encoding["image_grid_thw"].numpy().tobytes())
-        if IMAGE_DIGESTS in encoding:
-            digest.update("".join(encoding[IMAGE_DIGESTS]).encode())
-            return digest.hexdigest(), length
-        pixels = encoding["pixel_values"]
-        digest.update(str((pixels.dtype, tuple(pixels.shape))).encode())
-        digest.update(pixels.contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update("".join(encoding[IMAGE_DIGESTS]).encode())
         return digest.hexdigest(), length
 
     def get(self, key: str) -> Prefix | None:
-        with self._lock:
-            prefix = self._entries.get(key)
-            if prefix is None:
-                self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            self.saved_tokens += prefix.length
-            return prefix
-
-    def put(self, key: str, prefix: Prefix) -> None:
-        size = prefix.nbytes
-        if size > self.max_bytes:
-            return
-        with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                return
-            self._entries[key] = prefix
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, old = self._entries.popitem(last=False)
-                self._bytes -= old.nbytes
+        prefix = super().get(key)
+        if prefix is not None:
+            with self._lock:
+                self.saved_tokens += prefix.length
+        return prefix
 
     def stats(self) -> dict[str, int]:
+        stats = super().stats()
         with self._lock:
-            return {
-                "entries": len(self._entries),
-                "bytes": self._bytes,
-                "hits": self.hits,
-                "misses": self.misses,
-                "saved_tokens": self.saved_tokens,
-            }
+            return {**stats, "saved_tokens": self.saved_tokens}
 
 
 # The key under which an encoding carries its images' content hashes (not a model input: collate drops it).
@@ -119,47 +131,11 @@ def image_digest(image: Any) -> str:
     return digest.hexdigest()
 
 
-class ImageCache:
-    """Processed images (the image processor's pixel values and grid) by content hash, at most `max_bytes`
-    of them, least recently used first out; thread-safe (requests are prepared in loader threads)."""
+class ImageCache(BytesCache[dict[str, torch.Tensor]]):
+    """Processed images (the image processor's pixel values and grid) by content hash."""
 
     def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, digest: str) -> dict[str, torch.Tensor] | None:
-        with self._lock:
-            features = self._entries.get(digest)
-            if features is None:
-                self.misses += 1
-                return None
-            self._entries.move_to_end(digest)
-            self.hits += 1
-            return features
-
-    def put(self, digest: str, features: dict[str, torch.Tensor]) -> None:
-        size = _nbytes(features)
-        if size > self.max_bytes:
-            return
-        with self._lock:
-            if digest in self._entries:
-                return
-            self._entries[digest] = features
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, old = self._entries.popitem(last=False)
-                self._bytes -= _nbytes(old)
-
-    def stats(self) -> dict[str, int]:
-        with self._lock:
-            return {"entries": len(self._entries), "bytes": self._bytes, "hits": self.hits, "misses": self.misses}
-
-
-def _nbytes(features: dict[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in features.values())
+        super().__init__(max_bytes, lambda features: sum(t.numel() * t.element_size() for t in features.values()))
 
 
 def encode_with_images(
