@@ -56,7 +56,7 @@ def folder(tmp_path):
 
 
 def run(tiny_model, folder, max_new_tokens=64, **options):
-    backend = create_backend(str(tiny_model))
+    backend = create_backend(str(tiny_model), dtype="float32")  # batched == alone, exactly (test_continuous)
     extractor = Extractor(
         backend,
         resolve_schema(SMALL),

@@ -100,7 +100,7 @@ def test_logprobs_are_the_raw_model_probabilities_not_the_masked_ones(tiny_model
     from glmv_cli.engine.base import GenerationSettings, Request
     from glmv_cli.engine.local import LocalBackend
 
-    backend = LocalBackend(str(tiny_model), device="cpu")
+    backend = LocalBackend(str(tiny_model), device="cpu", dtype="float32")  # the forward below: a float32 cache
     schema = {
         "type": "object",
         "properties": {"vendor": {"type": ["string", "null"]}, "total": {"type": ["number", "null"]}},

@@ -335,3 +335,56 @@ def test_streamed_text_is_the_whole_decode_with_constant_work(tiny_model, fast):
     feed.end()
     assert "".join(pieces) == real_decode(ids, skip_special_tokens=False)
     assert max(lengths, default=0) <= _TextFeed.WINDOW + 4  # plus a character still arriving (<= 4 bytes)
+
+
+def test_cpu_cache_is_bf16_under_auto_where_the_cpu_computes_bf16(monkeypatch, fake_gpu):
+    import torch
+
+    from glmv_cli.engine import loader
+
+    monkeypatch.setattr(loader, "cpu_computes_bf16", lambda: True)
+    plan = loader.plan_load(device="cpu")
+    assert plan.dtype == torch.float32 and plan.kv_dtype == torch.bfloat16  # float32 products, half the cache
+    assert loader.plan_load(device="cpu", dtype="float32").kv_dtype is None  # an explicit dtype: the cache's too
+    assert loader.plan_load(device="cpu", dtype="bf16").kv_dtype is None
+    monkeypatch.setattr(loader, "cpu_computes_bf16", lambda: False)
+    assert loader.plan_load(device="cpu").kv_dtype is None
+    monkeypatch.setattr(loader, "cpu_computes_bf16", lambda: True)
+    fake_gpu((9, 0), memory_gb=80)
+    assert loader.plan_load().kv_dtype is None  # a GPU computes in its cache's dtype
+
+
+def test_bf16_cache_answers_as_the_float32_one(monkeypatch):
+    """Trained checkpoint, text-layer questions: a bf16 cache beside the float32 model gives the same answers,
+    first prefills and follow-ups (prefix cache) alike, with the cache really kept in bf16."""
+    import torch
+
+    from glmv_cli.engine import decode, loader
+    from glmv_cli.extraction.prompt import pick_text_hint, question_prompt
+    from glmv_cli.inputs import load_document
+    from tests.conftest import ROOT, SAMPLES
+
+    trained = str(ROOT / "models" / "glmv-tiny-trained")
+    page = load_document(SAMPLES / "invoice-acme.pdf", pages=[1], max_pages=1).pages[0]
+    questions = ["What is the invoice number?", "What is the total?", "Who is the vendor?", "What is the date?"]
+    settings = GenerationSettings(max_new_tokens=40, logprobs=True)
+    hint = pick_text_hint([page.text], "auto")
+    requests = [Request(images=[page.image], prompt=question_prompt(q, hint), settings=settings) for q in questions]
+
+    full = LocalBackend(trained, dtype="float32", prefix_cache_mb=0)
+    want = full.generate(requests)
+    assert full.loaded.kv_dtype is None and all(g.finish_reason == "stop" for g in want)
+
+    monkeypatch.setattr(loader, "cpu_computes_bf16", lambda: True)
+    caches = []
+    made = decode.growing_cache
+    monkeypatch.setattr(decode, "growing_cache", lambda *a: caches.append(made(*a)) or caches[-1])
+    half = LocalBackend(trained, prefix_cache_mb=64)
+    half._loaded = loader.load_model(trained, device="cpu")  # not the process's shared copy: this one's plan
+    assert half.loaded.model.dtype == torch.float32 and half.loaded.kv_dtype == torch.bfloat16
+    got = half.generate(requests[:1]) + half.generate(requests[1:])  # then three follow-ups on the kept page
+    assert half.prefixes.stats()["hits"] == 3
+    assert [g.text for g in got] == [g.text for g in want]
+    assert {layer.keys.dtype for cache in caches for layer in cache.layers} == {torch.bfloat16}
+    for a, b in zip(got, want, strict=True):
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=0.05)

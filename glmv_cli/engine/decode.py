@@ -84,14 +84,20 @@ class GrowingLayer(DynamicLayer):
     room, and the cache is copied only when the room runs out. `keys` and `values` stay views of
     the filled part: code that replaces them (dropping rows, joining batches, trimming padding)
     gets its tensors adopted into new buffers at the next update.
+
+    With `kv_dtype` set, keys and values are kept in that dtype whatever the model computes in
+    (bfloat16 beside a float32 model on CPU: see loader.pick_kv_dtype and `kv_attention`).
     """
 
     _key_buffer: torch.Tensor | None = None
     _value_buffer: torch.Tensor | None = None
+    kv_dtype: torch.dtype | None = None
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kv_dtype is not None and key_states.dtype != self.kv_dtype:
+            key_states, value_states = key_states.to(self.kv_dtype), value_states.to(self.kv_dtype)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         self.keys, self._key_buffer = _append(self.keys, key_states, self._key_buffer)
@@ -119,6 +125,45 @@ def _append(filled: torch.Tensor, new: torch.Tensor, buffer: torch.Tensor | None
     return buffer[..., :needed, :], buffer
 
 
+KV_ATTENTION = "glmv_sdpa"
+
+
+def kv_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any, **kwargs: Any):
+    """transformers' SDPA attention, the query meeting a cache kept in another dtype (and the output going back).
+
+    Registered as KV_ATTENTION (register_kv_attention); where the dtypes agree (the vision tower, a cache in the
+    model's own dtype) it is SDPA unchanged.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if query.dtype == key.dtype:
+        return sdpa_attention_forward(module, query, key, value, *args, **kwargs)
+    out, weights = sdpa_attention_forward(module, query.to(key.dtype), key, value, *args, **kwargs)
+    return out.to(query.dtype), weights
+
+
+def register_kv_attention() -> None:
+    """Make KV_ATTENTION a name transformers' models accept (`set_attn_implementation`), masks as for SDPA."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(KV_ATTENTION, kv_attention)
+    AttentionMaskInterface.register(KV_ATTENTION, sdpa_mask)
+
+
+def growing_cache(model: Any, kv_dtype: torch.dtype | None = None) -> DynamicCache:
+    """An empty cache for `model` whose full-attention layers are GrowingLayers keeping `kv_dtype`."""
+    cache = DynamicCache(config=model.config)
+    layers = []
+    for layer in cache.layers:
+        if type(layer) is DynamicLayer:
+            layer = GrowingLayer()
+            layer.kv_dtype = kv_dtype
+        layers.append(layer)
+    cache.layers = layers
+    return cache
+
+
 def mrope_positions(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """3-D position ids (3, rows, length) of left-padded prompts and each row's rope offset, as generate makes them."""
     mask = inputs["attention_mask"]
@@ -144,11 +189,12 @@ class KVBatch:
         self.rows, self.cache, self.mask, self.logits = rows, cache, mask, logits
 
     @classmethod
-    def prefill(cls, model: Any, inputs: dict[str, torch.Tensor], rows: list[Row]) -> KVBatch:
+    def prefill(
+        cls, model: Any, inputs: dict[str, torch.Tensor], rows: list[Row], kv_dtype: torch.dtype | None = None
+    ) -> KVBatch:
         """Run left-padded prompts through the model: their cache, and the logits of each row's first token."""
         positions, deltas = mrope_positions(model, inputs)
-        cache = DynamicCache(config=model.config)
-        cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+        cache = growing_cache(model, kv_dtype)
         out = model(**inputs, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
         if any(getattr(layer, "is_sliding", False) for layer in cache.layers):
             raise NotImplementedError("sliding-window cache layers cannot be re-batched")
@@ -166,8 +212,7 @@ class KVBatch:
         exactly where the prefix left off; no image is encoded again.
         """
         positions, deltas = mrope_positions(model, inputs)
-        cache = DynamicCache(config=model.config)
-        cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+        cache = growing_cache(model, prefix.kv[0][0].dtype)  # the kept keys' dtype: the cache the prefix came from
         for layer, (keys, values) in zip(cache.layers, prefix.kv, strict=True):
             layer.lazy_initialization(keys, values)
             layer.keys, layer.values = keys, values  # appended to in a new buffer: the kept tensors stay as they are

@@ -174,7 +174,9 @@ class LocalBackend(Backend):
             lm = self.loaded
             if lm.device.startswith("cuda"):
                 free, _ = torch.cuda.mem_get_info(torch.device(lm.device))
-                self._budget = int(free * GPU_MEMORY_SHARE // kv_cache_bytes_per_token(lm.model.config, lm.model.dtype))
+                self._budget = int(
+                    free * GPU_MEMORY_SHARE // kv_cache_bytes_per_token(lm.model.config, lm.kv_dtype or lm.model.dtype)
+                )
             else:
                 self._budget = CPU_TOKEN_BUDGET
         return max(1, int(self._budget * self._budget_scale))
@@ -337,7 +339,8 @@ class LocalBackend(Backend):
         batch: KVBatch | None = None
         fresh = [i for i in order if kept[i] is None]
         if fresh:
-            batch = KVBatch.prefill(lm.model, self._inputs([encoded[i][0] for i in fresh]), [rows[i] for i in fresh])
+            inputs = self._inputs([encoded[i][0] for i in fresh])
+            batch = KVBatch.prefill(lm.model, inputs, [rows[i] for i in fresh], lm.kv_dtype)
             for position, i in enumerate(fresh):
                 if keys[i] is not None:
                     key, length = keys[i]
