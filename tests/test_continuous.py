@@ -320,3 +320,46 @@ def test_the_cache_grows_into_spare_columns_with_the_same_answers(backend, monke
     concatenated = {g.tag: g for g in backend.generate_stream(reqs, max_rows=len(reqs))}
     for tag, gen in grown.items():
         assert_same(gen, concatenated[tag])
+
+
+def test_rows_leave_and_join_inside_buffers_with_room():
+    """Dropping rows moves the kept ones down in place, joining writes both into one new buffer with room:
+    the next step's columns go into the spare room either way (no second copy)."""
+    from glmv_cli.engine.decode import GrowingLayer
+
+    layer = GrowingLayer()
+    keys, values = torch.randn(4, 2, 5, 3), torch.randn(4, 2, 5, 3)
+    layer.update(keys, values)
+    buffer = layer._key_buffer
+    layer.keep_rows([1, 3])
+    assert torch.equal(layer.keys, keys[[1, 3]]) and torch.equal(layer.values, values[[1, 3]])
+    layer.update(torch.ones(2, 2, 1, 3), torch.ones(2, 2, 1, 3))
+    assert layer._key_buffer.data_ptr() == buffer.data_ptr() and layer.keys.shape == (2, 2, 6, 3)
+
+    other = GrowingLayer()
+    other.update(torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3))
+    before = layer.keys.clone()
+    layer.join(other, 6)
+    assert torch.equal(layer.keys[:2], before) and torch.equal(layer.keys[2, :, 3:], other.keys[0])
+    assert not layer.keys[2, :, :3].any() and not layer.values[2, :, :3].any()  # zeros, never NaN
+    joined = layer._key_buffer
+    layer.update(torch.ones(3, 2, 1, 3), torch.ones(3, 2, 1, 3))
+    assert layer._key_buffer is joined
+
+    kept = layer.keys[[2, 0]].clone()
+    layer.keep_rows([2, 0])  # a new order: gathered into a new tensor
+    assert torch.equal(layer.keys, kept)
+
+
+def test_step_mask_is_each_rows_columns_and_causal_among_the_new_ones():
+    from glmv_cli.engine.decode import step_mask
+
+    mask = torch.tensor([[0, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1]])
+    for width in (1, 3):
+        got = step_mask(mask, width)
+        assert got.shape == (2, 1, width, 6) and got.dtype == torch.bool
+        start = mask.shape[1] - width
+        for b in range(2):
+            for i in range(width):
+                want = [bool(mask[b, j]) and (j < start or j - start <= i) for j in range(6)]
+                assert got[b, 0, i].tolist() == want

@@ -9,6 +9,7 @@ import json
 import sys
 import tomllib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -50,16 +51,25 @@ class ResolvedSchema:
 
     def fingerprint(self) -> str:
         """sha256 of the compact, key-sorted JSON Schema: changes whenever the answer could."""
-        text = json.dumps(self.json_schema(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return self._fingerprint
 
     def fields(self) -> list[tuple[str, str, str]]:
         """(dotted name, type text, description) for every field, nested ones after their parent."""
+        return list(self._fields)
+
+    # Made once: every document's cache key and prompt ask for them (Pydantic builds the schema in ms).
+    @cached_property
+    def _fingerprint(self) -> str:
+        text = json.dumps(self.json_schema(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    @cached_property
+    def _fields(self) -> tuple[tuple[str, str, str], ...]:
         schema = self.json_schema()  # a recursive model's schema is a bare $ref into $defs
-        return [
+        return tuple(
             (name, _type_text(schema, target), sub.get("description") or target.get("description") or "")
             for name, sub, target, _ in walk_properties(schema, schema, into_lists=True)
-        ]
+        )
 
     def describe(self) -> str:
         """Where the schema came from, for a stderr line: 'invoice (built-in)', 'x (./schemas/x.py)'."""
