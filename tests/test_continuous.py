@@ -363,3 +363,6 @@ def test_step_mask_is_each_rows_columns_and_causal_among_the_new_ones():
             for i in range(width):
                 want = [bool(mask[b, j]) and (j < start or j - start <= i) for j in range(6)]
                 assert got[b, 0, i].tolist() == want
+        additive = step_mask(mask, width, torch.bfloat16)
+        assert additive.dtype == torch.bfloat16
+        assert torch.equal(additive == 0, got) and (additive[~got] == torch.finfo(torch.bfloat16).min).all()
