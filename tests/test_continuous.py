@@ -366,3 +366,15 @@ def test_step_mask_is_each_rows_columns_and_causal_among_the_new_ones():
         additive = step_mask(mask, width, torch.bfloat16)
         assert additive.dtype == torch.bfloat16
         assert torch.equal(additive == 0, got) and (additive[~got] == torch.finfo(torch.bfloat16).min).all()
+
+
+def test_flash_kernels_keep_the_2d_mask():
+    from types import SimpleNamespace
+
+    from glmv_cli.engine.decode import _step_attention_mask
+
+    mask = torch.ones(2, 5, dtype=torch.long)
+    flash = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
+    assert _step_attention_mask(flash, mask, 2, torch.float32) is mask
+    sdpa = SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa"))
+    assert _step_attention_mask(sdpa, mask, 2, torch.float32).shape == (2, 1, 2, 5)

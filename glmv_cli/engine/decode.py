@@ -231,7 +231,7 @@ class KVBatch:
         """Run left-padded prompts through the model: their cache, and the logits of each row's first token."""
         positions, deltas = mrope_positions(model, inputs)
         cache = growing_cache(model, kv_dtype)
-        mask = _prompt_mask(inputs["attention_mask"], inputs["input_ids"].shape[1], kv_dtype or model.dtype)
+        mask = _prompt_mask(model, inputs["attention_mask"], inputs["input_ids"].shape[1], kv_dtype or model.dtype)
         out = model(
             **{**inputs, "attention_mask": mask}, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
         )
@@ -259,7 +259,9 @@ class KVBatch:
         start = prefix.length
         out = model(
             input_ids=inputs["input_ids"][:, start:],
-            attention_mask=_prompt_mask(inputs["attention_mask"], inputs["input_ids"].shape[1] - start, cache_dtype),
+            attention_mask=_prompt_mask(
+                model, inputs["attention_mask"], inputs["input_ids"].shape[1] - start, cache_dtype
+            ),
             position_ids=positions[:, :, start:],
             cache=cache,
             use_cache=True,
@@ -306,7 +308,7 @@ class KVBatch:
         self.mask = torch.cat([self.mask, new_mask], dim=1)
         out = model(
             input_ids=ids,
-            attention_mask=step_mask(self.mask, width, self.cache.layers[0].keys.dtype),  # attention's dtype
+            attention_mask=_step_attention_mask(model, self.mask, width, self.cache.layers[0].keys.dtype),
             position_ids=positions.unsqueeze(0).expand(3, -1, -1),
             cache=self.cache,
             use_cache=True,
@@ -378,13 +380,25 @@ def step_mask(mask: torch.Tensor, width: int, dtype: torch.dtype | None = None) 
     return additive.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
-def _prompt_mask(mask: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
+def _takes_4d_masks(model: Any) -> bool:
+    """Whether the model's attention takes an additive 4-D mask as it is (SDPA, eager, KV_ATTENTION),
+    not only the 2-D padding mask flash kernels want."""
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"
+    return implementation in ("sdpa", "eager", KV_ATTENTION)
+
+
+def _step_attention_mask(model: Any, mask: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """A decoding step's mask for the model: step_mask in the attention's dtype where it takes one, else the 2-D one."""
+    return step_mask(mask, width, dtype) if _takes_4d_masks(model) else mask
+
+
+def _prompt_mask(model: Any, mask: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
     """A prompt's attention mask: for left-padded prompts on CPU the additive 4-D one (step_mask; SDPA
     would turn transformers' boolean one into it in every layer, 5 ms a layer for 8 prompts of 984
     tokens). Otherwise the 2-D one: with no padding transformers uses a causal kernel and no mask at
     all (a 31,000-token prompt's 4-D mask would take 2 GB), and on GPUs it picks its own kernels.
     """
-    if mask.device.type != "cpu" or bool(mask.all()):
+    if mask.device.type != "cpu" or bool(mask.all()) or not _takes_4d_masks(model):
         return mask
     return step_mask(mask, width, dtype)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import threading
@@ -341,15 +340,13 @@ class LocalBackend(Backend):
         fresh = [i for i in order if kept[i] is None]
         if fresh:
             inputs = self._inputs([encoded[i][0] for i in fresh])
-            with self._prefill_precision():
-                batch = KVBatch.prefill(lm.model, inputs, [rows[i] for i in fresh], lm.kv_dtype)
+            batch = KVBatch.prefill(lm.model, inputs, [rows[i] for i in fresh], lm.kv_dtype)
             for position, i in enumerate(fresh):
                 if keys[i] is not None:
                     key, length = keys[i]
                     self.prefixes.put(key, Prefix(length, batch.prefix_of(position, length)))
         for i in order[len(fresh) :]:
-            with self._prefill_precision():
-                single = KVBatch.prefill_after(lm.model, self._inputs([encoded[i][0]]), rows[i], kept[i])
+            single = KVBatch.prefill_after(lm.model, self._inputs([encoded[i][0]]), rows[i], kept[i])
             if batch is None:
                 batch = single
             else:
@@ -358,13 +355,6 @@ class LocalBackend(Backend):
         if order != sorted(order):
             batch.keep([order.index(i) for i in range(len(order))])  # back in the group's order
         return batch
-
-    def _prefill_precision(self) -> contextlib.AbstractContextManager:
-        """Autocast for prompts' forwards where the plan prefills in a lower precision (loader.pick_kv_dtype)."""
-        lm = self.loaded
-        if lm.prefill_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(lm.model.device.type, dtype=lm.prefill_dtype)
 
     def _inputs(self, encodings: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         lm = self.loaded
