@@ -356,16 +356,15 @@ def test_step_mask_is_each_rows_columns_and_causal_among_the_new_ones():
 
     mask = torch.tensor([[0, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1]])
     for width in (1, 3):
-        got = step_mask(mask, width)
-        assert got.shape == (2, 1, width, 6) and got.dtype == torch.bool
+        additive = step_mask(mask, width, torch.bfloat16)
+        assert additive.shape == (2, 1, width, 6) and additive.dtype == torch.bfloat16
+        attended = additive == 0
+        assert (additive[~attended] == torch.finfo(torch.bfloat16).min).all()
         start = mask.shape[1] - width
         for b in range(2):
             for i in range(width):
                 want = [bool(mask[b, j]) and (j < start or j - start <= i) for j in range(6)]
-                assert got[b, 0, i].tolist() == want
-        additive = step_mask(mask, width, torch.bfloat16)
-        assert additive.dtype == torch.bfloat16
-        assert torch.equal(additive == 0, got) and (additive[~got] == torch.finfo(torch.bfloat16).min).all()
+                assert attended[b, 0, i].tolist() == want
 
 
 def test_flash_kernels_keep_the_2d_mask():

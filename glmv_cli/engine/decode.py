@@ -119,8 +119,7 @@ class GrowingLayer(DynamicLayer):
 
 def _kept(filled: torch.Tensor, buffer: torch.Tensor | None, indices: list[int]) -> tuple[torch.Tensor, Any]:
     """`filled`'s rows `indices`: moved down in place where `filled` starts `buffer` and the rows keep their order."""
-    in_buffer = buffer is not None and filled.data_ptr() == buffer.data_ptr() and filled.stride() == buffer.stride()
-    if not in_buffer or indices != sorted(indices):
+    if not _starts(filled, buffer) or indices != sorted(indices):
         return filled.index_select(0, torch.tensor(indices, device=filled.device)), None
     length = filled.shape[-2]
     for row, source in enumerate(indices):
@@ -141,19 +140,21 @@ def _joined(first: torch.Tensor, second: torch.Tensor, width: int) -> tuple[torc
     return buffer[..., :width, :], buffer
 
 
+def _starts(filled: torch.Tensor, buffer: torch.Tensor | None) -> bool:
+    """Whether `filled` is a view of `buffer`'s first columns (same rows, same strides)."""
+    return (
+        buffer is not None
+        and filled.data_ptr() == buffer.data_ptr()
+        and filled.shape[:-2] == buffer.shape[:-2]
+        and filled.stride() == buffer.stride()
+    )
+
+
 def _append(filled: torch.Tensor, new: torch.Tensor, buffer: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """`filled` then `new` along the sequence (-2), written into `buffer` when `filled` is its start and it has room."""
     length = filled.shape[-2] if filled.numel() else 0
     needed = length + new.shape[-2]
-    in_place = (
-        buffer is not None
-        and length
-        and filled.data_ptr() == buffer.data_ptr()
-        and filled.shape[:-2] == buffer.shape[:-2]
-        and filled.stride() == buffer.stride()
-        and needed <= buffer.shape[-2]
-    )
-    if not in_place:
+    if not (length and _starts(filled, buffer) and needed <= buffer.shape[-2]):
         buffer = new.new_empty((*new.shape[:-2], needed + SPARE_COLUMNS, new.shape[-1]))
         if length:
             buffer[..., :length, :] = filled
@@ -251,17 +252,14 @@ class KVBatch:
         exactly where the prefix left off; no image is encoded again.
         """
         positions, deltas = mrope_positions(model, inputs)
-        cache_dtype = prefix.kv[0][0].dtype  # the kept keys' dtype: the cache the prefix came from
-        cache = growing_cache(model, cache_dtype)
+        cache = growing_cache(model, prefix.kv[0][0].dtype)  # the kept keys' dtype: the cache the prefix came from
         for layer, (keys, values) in zip(cache.layers, prefix.kv, strict=True):
             layer.lazy_initialization(keys, values)
             layer.keys, layer.values = keys, values  # appended to in a new buffer: the kept tensors stay as they are
         start = prefix.length
         out = model(
             input_ids=inputs["input_ids"][:, start:],
-            attention_mask=_prompt_mask(
-                model, inputs["attention_mask"], inputs["input_ids"].shape[1] - start, cache_dtype
-            ),
+            attention_mask=inputs["attention_mask"],  # one prompt, no padding: transformers' causal path
             position_ids=positions[:, :, start:],
             cache=cache,
             use_cache=True,
@@ -325,12 +323,8 @@ class KVBatch:
         if indices == list(range(len(self.rows))):
             return
         index = torch.tensor(indices, device=self.mask.device)
-        for layer in self.cache.layers:
-            if isinstance(layer, GrowingLayer):
-                layer.keep_rows(indices)
-            else:
-                layer.keys = layer.keys.index_select(0, index)
-                layer.values = layer.values.index_select(0, index)
+        for layer in self.cache.layers:  # GrowingLayers: growing_cache makes every layer one
+            layer.keep_rows(indices)
         self.mask = self.mask.index_select(0, index)
         self.logits = self.logits.index_select(0, index)
         self.rows = [self.rows[i] for i in indices]
@@ -340,11 +334,7 @@ class KVBatch:
         """Add another batch's rows after these; the shorter cache is padded on the left."""
         width = max(self.mask.shape[1], other.mask.shape[1])
         for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-            if isinstance(mine, GrowingLayer) and isinstance(theirs, GrowingLayer):
-                mine.join(theirs, width)
-            else:
-                mine.keys = torch.cat([_left_pad(mine.keys, width), _left_pad(theirs.keys, width)])
-                mine.values = torch.cat([_left_pad(mine.values, width), _left_pad(theirs.values, width)])
+            mine.join(theirs, width)
         self.mask = torch.cat([_left_pad(self.mask, width), _left_pad(other.mask, width)])
         self.logits = torch.cat([self.logits, other.logits])
         self.rows = self.rows + other.rows
@@ -360,10 +350,10 @@ class KVBatch:
                 layer.values = layer.values[:, :, pad:]
 
 
-def step_mask(mask: torch.Tensor, width: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A decoding step's 4-D attention mask: each row's own columns (`mask`, the new ones included),
-    causal among the step's last `width` columns. Boolean, or with `dtype` additive (0 where a
-    column is attended, the dtype's lowest value where not), as attention adds it to its scores.
+def step_mask(mask: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """A decoding step's additive 4-D attention mask in `dtype`: 0 on each row's own columns (`mask`,
+    the new ones included) and causal among the step's last `width` columns, the dtype's lowest
+    value elsewhere, as attention adds it to its scores.
 
     transformers takes a 4-D mask as it is; building it once a step costs a few small ops, where its
     general mask functions cost about a millisecond a step on CPU, and SDPA turns a boolean mask
@@ -374,8 +364,6 @@ def step_mask(mask: torch.Tensor, width: int, dtype: torch.dtype | None = None) 
         causal = torch.ones(width, mask.shape[1], dtype=torch.bool, device=mask.device)
         causal[:, -width:] = torch.ones(width, width, dtype=torch.bool, device=mask.device).tril()
         allowed = allowed & causal
-    if dtype is None:
-        return allowed
     additive = torch.zeros(allowed.shape, dtype=dtype, device=mask.device)
     return additive.masked_fill_(~allowed, torch.finfo(dtype).min)
 

@@ -86,8 +86,9 @@ def cpu_computes_bf16() -> bool:
         return False
 
 
-def pick_kv_dtype(dtype: str, device: str, compute: torch.dtype) -> torch.dtype:
-    """The KV cache's dtype: the model's, except under `--dtype auto` on a CPU that computes bfloat16.
+def pick_kv_dtype(dtype: str, device: str, compute: torch.dtype) -> torch.dtype | None:
+    """The KV cache's dtype where it differs from the model's (None: the model's): bfloat16 under
+    `--dtype auto` on a CPU that computes bfloat16.
 
     There the model decodes in float32 (a decoding step's small products are faster so on CPU) and
     keeps its keys and values in bfloat16, as llama.cpp keeps a half-precision cache: decoding reads
@@ -101,7 +102,7 @@ def pick_kv_dtype(dtype: str, device: str, compute: torch.dtype) -> torch.dtype:
     """
     if dtype == "auto" and device == "cpu" and compute == torch.float32 and cpu_computes_bf16():
         return torch.bfloat16
-    return compute
+    return None
 
 
 def pick_quant(quant: str, device: str) -> str:
@@ -214,14 +215,8 @@ def plan_load(device: str = "auto", dtype: str = "auto", quant: str = "auto") ->
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
     quant = pick_quant(quant, device)
-    kv_dtype = pick_kv_dtype(dtype, device, torch_dtype)
-    return LoadPlan(
-        device,
-        torch_dtype,
-        quant,
-        _quantization_config(quant, device, torch_dtype),
-        kv_dtype if kv_dtype != torch_dtype else None,
-    )
+    qconfig = _quantization_config(quant, device, torch_dtype)
+    return LoadPlan(device, torch_dtype, quant, qconfig, pick_kv_dtype(dtype, device, torch_dtype))
 
 
 def _quantization_config(quant: str, device: str, compute_dtype: torch.dtype):
