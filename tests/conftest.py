@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,6 +43,38 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
     os.environ.setdefault("MKL_NUM_THREADS", str(_threads))
+
+
+# CPython 3.11 keeps ast.parse's recursion counter per interpreter, not per thread (python/cpython#106905):
+# two threads parsing at once can fail one of them with "SystemError: AST constructor recursion depth
+# mismatch". In a test process the main thread parses whenever pytest rewrites a module it imports
+# (plugin packages such as anyio), and any thread parses when it formats a traceback (3.11's caret
+# anchors). CI failed test_review_page_api once that way, while a test server's thread printed a
+# client's broken pipe. One parse at a time in the test process.
+_ast_parse, _ast_lock = ast.parse, threading.Lock()
+
+
+def _one_parse_at_a_time(*args, **kwargs):
+    with _ast_lock:
+        return _ast_parse(*args, **kwargs)
+
+
+ast.parse = _one_parse_at_a_time
+
+
+class QuietHTTPServer(http.server.ThreadingHTTPServer):
+    """A threaded test server whose handler errors are kept in `errors`, not printed: a client that hangs
+    up early (a timeout, a cancelled batch) is what several tests want, and printing a traceback from a
+    server thread is noise at best (and a parse racing the main thread's, above)."""
+
+    daemon_threads = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.errors: list[BaseException] = []
+
+    def handle_error(self, request, client_address) -> None:
+        self.errors.append(sys.exc_info()[1])
 
 
 def needs_corpus() -> Path:

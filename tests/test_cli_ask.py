@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from glmv_cli.cli import app
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, QuietHTTPServer
 
 runner = CliRunner()
 
@@ -136,7 +136,7 @@ def test_ask_about_a_url(model_env, monkeypatch):
 
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(SAMPLES))
     handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = QuietHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     fetch = functools.partial(
         urls.fetch_url,

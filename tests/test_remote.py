@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from PIL import Image
 from glmv_cli.engine.base import GenerationSettings, Request
 from glmv_cli.engine.remote import RemoteBackend, split_base_urls
 from glmv_cli.errors import ModelLoadError
-from tests.conftest import ROOT, SAMPLES, free_port, glmv_serve
+from tests.conftest import ROOT, SAMPLES, QuietHTTPServer, free_port, glmv_serve
 
 ANSWER = '{"vendor":"ACME","total":12.5}'
 HEAVY = ("torch", "transformers")
@@ -113,8 +113,7 @@ class FakeOpenAI:
                 self.wfile.write(f"data: {json.dumps(end)}\n\ndata: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
                 self.close_connection = True
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 

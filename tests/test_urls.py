@@ -16,7 +16,7 @@ import urllib3.util.connection
 
 from glmv_cli.errors import ERROR_CODES, InputError
 from glmv_cli.inputs.urls import fetch_url, is_public_address, is_url
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, QuietHTTPServer
 
 PNG = (SAMPLES / "invoice-acme.png").read_bytes()
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
@@ -103,15 +103,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        pass  # the client hanging up early is what several tests want
-
-
 def _serve(tls: ssl.SSLContext | None = None):
-    server = Server(("127.0.0.1", 0), Handler)
+    server = QuietHTTPServer(("127.0.0.1", 0), Handler)  # clients hanging up early is what tests want
     server.seen = []
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)
