@@ -115,6 +115,7 @@ def post(base: str, body: bytes) -> dict[str, Any]:
 
 def run_round(base: str, paths: list[Path], in_flight: int, make_body: Any, model: Any) -> dict[str, Any]:
     """All documents through the server with `in_flight` requests outstanding; read, encode and validate timed."""
+    from glmv_cli.engine.remote import start_threads
     from glmv_cli.extraction.parse import validate
 
     def one(path: Path) -> tuple[int, str | None, str | None]:
@@ -127,8 +128,9 @@ def run_round(base: str, paths: list[Path], in_flight: int, make_body: Any, mode
         error = validate(choice["message"].get("content") or "", model)[1]
         return tokens, error and f"{error[:100]} ({tokens} tokens, {choice.get('finish_reason')})", None
 
-    t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=in_flight) as pool:
+        start_threads(pool, in_flight)  # as glmv's remote backend does: every request goes out at once
+        t0 = time.perf_counter()
         answers = list(pool.map(one, paths))
     wall = time.perf_counter() - t0
     errors = sorted({e for _, e, _ in answers if e})

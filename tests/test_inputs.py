@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pypdfium2 as pdfium
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from glmv_cli.errors import ERROR_CODES, InputError, UsageError
 from glmv_cli.inputs import (
@@ -254,6 +254,42 @@ def test_a_page_keeps_its_files_bytes_only_when_it_is_them_as_decoded(tmp_path):
     assert shrunk.image.size != (1200, 800) and shrunk.encoded is None
     assert load_document(SAMPLES / "invoice-acme.pdf").pages[0].encoded is None  # a rendered page
 
+
+
+def test_lazy_images_skip_decoding_only_what_is_sent_as_it_is(monkeypatch):
+    """load_document(lazy_images=True), for a backend that sends the file's bytes: an intact upright RGB
+    PNG or JPEG is not decoded (its pixels come when asked, and equal the eager ones); a damaged file
+    still fails at loading with the decoding way's exact error, and anything else is decoded as before."""
+    rgb = Image.new("RGB", (40, 20), (200, 10, 10))
+    rgb.putpixel((3, 4), (1, 2, 3))
+    decoded = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda img: decoded.append(img) or load(img))
+    for fmt in ("PNG", "JPEG"):
+        data = image_bytes(rgb, fmt)
+        decoded.clear()
+        page = load_document(data, lazy_images=True).pages[0]
+        assert page.encoded == data and page.image.mode == "RGB" and page.image.size == (40, 20)
+        assert decoded == [], f"{fmt} decoded although sent as it is"
+        assert page.image.tobytes() == load_document(data).pages[0].image.tobytes(), fmt
+    png = image_bytes(rgb, "PNG")
+    flipped = bytearray(png)
+    flipped[len(png) // 2] ^= 0xFF  # inside IDAT: its CRC no longer matches
+    for bad, code in ((png[: len(png) // 2], "file_truncated"), (bytes(flipped), "image_corrupt")):
+        with pytest.raises(InputError) as lazy:
+            load_document(bad, lazy_images=True)
+        with pytest.raises(InputError) as eager:
+            load_document(bad)
+        assert lazy.value.code == eager.value.code
+        assert lazy.value.code in (code, "image_corrupt")
+    jpeg = image_bytes(rgb, "JPEG")
+    with pytest.raises(InputError) as cut:
+        load_document(jpeg[: len(jpeg) - 40], lazy_images=True)  # no end marker: decoded, so it fails here
+    assert cut.value.code == "file_truncated"
+    grey = load_document(image_bytes(Image.new("L", (4, 4)), "PNG"), lazy_images=True).pages[0]
+    assert grey.encoded is None and grey.image.mode == "RGB"
+    with pytest.raises(InputError):
+        load_document(png, lazy_images=True, pages=[2])  # page selection is checked the same way
 
 def test_cmyk_becomes_rgb(tmp_path):
     path = tmp_path / "cmyk.jpg"

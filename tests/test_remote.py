@@ -224,6 +224,9 @@ def test_a_batch_is_sent_concurrently(server):
     assert remote.default_batch_size() == 8
     gens = remote.generate([request() for _ in range(8)])
     assert server.peak >= 4 and all(g.text == ANSWER and g.batch_size == 8 for g in gens)
+    # The pool's threads were all started before the first request went out (a thread started while a
+    # local server keeps the cores busy took up to a second to run, and requests then trickled out).
+    assert len(backend(server.url, concurrency=5)._executor()._threads) == 5
 
 
 def test_the_stream_keeps_requests_in_flight_and_hands_each_answer_out_when_done(server):

@@ -212,6 +212,7 @@ class Stages:
                 max_pixels=o.max_pixels,
                 text_layer=o.text_hint != "off" or o.evidence != "off",
                 render_pdf=self.renderer.render if self.renderer else None,
+                lazy_images=self.backend.accepts_encoded_images,  # sent as the file is: no need to decode
             )
         except InputError as exc:
             return Prepared(task.index, name, sha, key, records=[self.failed(name, exc.one_line(), exc.code, sha)])

@@ -28,11 +28,13 @@ def load_document(
     max_file_size: int = DEFAULT_MAX_FILE_SIZE,
     roots: Sequence[Path] | None = None,
     render_pdf: Callable[..., tuple[list[Page], int]] | None = None,
+    lazy_images: bool = False,
 ) -> Document:
     """Read an image or PDF, typed by content not name; every failure is an InputError.
 
     A path is read with read_file (regular files only, at most max_file_size, inside `roots`).
     `render_pdf` takes pdf.render_in_process's keywords; None: the shared crash-isolated worker pool.
+    `lazy_images`: an image file that is its page as it is stays undecoded (load_image's `lazy`).
     """
     if dpi < 1 or max_pages < 1 or max_pixels < 1 or max_file_size < 1:
         raise UsageError("dpi, max_pages, max_pixels and max_file_size must be positive")
@@ -56,7 +58,7 @@ def load_document(
             text_layer=text_layer,
         )
     elif kind == "image":
-        found, total = load_image(data, pages=pages, max_pages=max_pages, max_pixels=max_pixels)
+        found, total = load_image(data, pages=pages, max_pages=max_pages, max_pixels=max_pixels, lazy=lazy_images)
     else:
         raise InputError("not an image or PDF", code="unsupported_type")
     sha256 = hashlib.sha256(data).hexdigest()
