@@ -136,16 +136,16 @@ def _as_filed(data: bytes, max_pixels: int) -> Image.Image | None:
     must end with its end-of-image marker. A PNG that may hold EXIF (which Pillow finds only by decoding)
     and anything else unsure goes the decoding way, which names the exact problem.
     """
-    if data.startswith(_PNG_MAGIC):
-        if b"eXIf" in data or b"exif" in data or not _png_verifies(data):
-            return None
-    elif not (data.startswith(b"\xff\xd8\xff") and data.rstrip(b"\0").endswith(b"\xff\xd9")):
+    png = data.startswith(_PNG_MAGIC)
+    if png and (b"eXIf" in data or b"exif" in data):
         return None
-    img = _open(data, max_pixels)
+    if not png and not (data.startswith(b"\xff\xd8\xff") and data.rstrip(b"\0").endswith(b"\xff\xd9")):
+        return None
+    img = _open(data, max_pixels)  # a bomb is refused here as the decoding way refuses it
     plain = img.format in ("PNG", "JPEG") and img.mode == "RGB" and getattr(img, "n_frames", 1) == 1
     plain = plain and "transparency" not in img.info and img.width * img.height <= max_pixels
     # A JPEG's EXIF is in its header; a PNG here has none (above).
-    if plain and (img.format == "PNG" or img.getexif().get(ORIENTATION, 1) == 1):
+    if plain and (png or img.getexif().get(ORIENTATION, 1) == 1) and (not png or _png_verifies(data)):
         return img
     img.close()
     return None
