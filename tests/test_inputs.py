@@ -255,7 +255,6 @@ def test_a_page_keeps_its_files_bytes_only_when_it_is_them_as_decoded(tmp_path):
     assert load_document(SAMPLES / "invoice-acme.pdf").pages[0].encoded is None  # a rendered page
 
 
-
 def test_lazy_images_skip_decoding_only_what_is_sent_as_it_is(monkeypatch):
     """load_document(lazy_images=True), for a backend that sends the file's bytes: an intact upright RGB
     PNG or JPEG is not decoded (its pixels come when asked, and equal the eager ones); a damaged file
@@ -290,6 +289,7 @@ def test_lazy_images_skip_decoding_only_what_is_sent_as_it_is(monkeypatch):
     assert grey.encoded is None and grey.image.mode == "RGB"
     with pytest.raises(InputError):
         load_document(png, lazy_images=True, pages=[2])  # page selection is checked the same way
+
 
 def test_cmyk_becomes_rgb(tmp_path):
     path = tmp_path / "cmyk.jpg"

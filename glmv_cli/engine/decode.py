@@ -391,12 +391,10 @@ def _prompt_mask(model: Any, mask: torch.Tensor, width: int, dtype: torch.dtype)
     return step_mask(mask, width, dtype)
 
 
-def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
-    """Pad the sequence dimension (-1 of a mask, -2 of keys and values) on the left to `width`."""
-    missing = width - (t.shape[-1] if t.dim() == 2 else t.shape[-2])
-    if missing == 0:
-        return t
-    return torch.nn.functional.pad(t, (missing, 0) if t.dim() == 2 else (0, 0, missing, 0))
+def _left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """A 2-D mask padded with zeros on the left to `width` columns (keys and values: GrowingLayer.join)."""
+    missing = width - mask.shape[-1]
+    return torch.nn.functional.pad(mask, (missing, 0)) if missing else mask
 
 
 @dataclass

@@ -40,12 +40,10 @@ def load_image(
         except Exception:  # a broken IFD chain; Pillow raises many types here
             raise InputError("corrupt TIFF (cannot count its pages)", code="image_corrupt") from None
         numbers = select_pages(pages, total, max_pages)
-        filed = img.format in ("PNG", "JPEG") and img.mode == "RGB" and getattr(img, "n_frames", 1) == 1
-        size = img.size
+        filed, size = _one_rgb_frame(img), img.size
         decoded = [Page(n, _decode_frame(img, n, max_pixels)) for n in numbers]
         # The page is the file's pixels as they are (no conversion, orientation or DCT scaling): keep its bytes.
-        upright = "transparency" not in img.info and img.getexif().get(ORIENTATION, 1) == 1
-        if filed and upright and decoded[0].image.size == size:
+        if filed and img.getexif().get(ORIENTATION, 1) == 1 and decoded[0].image.size == size:
             decoded[0].encoded = data
         return decoded, total
 
@@ -142,13 +140,18 @@ def _as_filed(data: bytes, max_pixels: int) -> Image.Image | None:
     if not png and not (data.startswith(b"\xff\xd8\xff") and data.rstrip(b"\0").endswith(b"\xff\xd9")):
         return None
     img = _open(data, max_pixels)  # a bomb is refused here as the decoding way refuses it
-    plain = img.format in ("PNG", "JPEG") and img.mode == "RGB" and getattr(img, "n_frames", 1) == 1
-    plain = plain and "transparency" not in img.info and img.width * img.height <= max_pixels
+    plain = _one_rgb_frame(img) and img.width * img.height <= max_pixels
     # A JPEG's EXIF is in its header; a PNG here has none (above).
     if plain and (png or img.getexif().get(ORIENTATION, 1) == 1) and (not png or _png_verifies(data)):
         return img
     img.close()
     return None
+
+
+def _one_rgb_frame(img: Image.Image) -> bool:
+    """A PNG or JPEG of one RGB frame, nothing transparent: upright and unscaled, its file is the page as it is."""
+    rgb = img.format in ("PNG", "JPEG") and img.mode == "RGB" and getattr(img, "n_frames", 1) == 1
+    return rgb and "transparency" not in img.info
 
 
 def _png_verifies(data: bytes) -> bool:
