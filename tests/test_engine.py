@@ -248,6 +248,25 @@ def test_tiny_variant_with_real_image_limits(tiny_model, tmp_path):
     assert visual_tokens(real, 8000, 8000) <= 6144  # the real cap: 28 x 28 x 2 x 6144 pixels over 2 frames
 
 
+def test_pages_are_fitted_to_the_processors_own_cap(tiny_model, tmp_path):
+    """glmv fits a page to exactly what the processor keeps: the processor then only rounds it to whole
+    patches, it never shrinks it a second time (two resamplings blur small print)."""
+    from glmv_cli.engine.tiny import build_tiny
+    from glmv_cli.inputs import fit_for_vision
+
+    real = LocalBackend(str(build_tiny(tmp_path / "real", real_image_limits=True)))
+    assert real.max_image_pixels() == 28 * 28 * 6144  # 6,144 visual tokens of 28 x 28 pixels
+    for backend in (LocalBackend(str(tiny_model)), real):
+        cap = backend.max_image_pixels()
+        image_processor = backend.loaded.processor.image_processor
+        for width, height in ((1024, 762), (762, 1024), (9000, 6000), (3000, 200)):
+            fitted = fit_for_vision(Image.new("RGB", (width, height), "white"), max_pixels=cap)
+            grid = image_processor(images=[fitted], return_tensors="pt")["image_grid_thw"][0].tolist()
+            kept = (grid[1] * 14, grid[2] * 14)  # (height, width) after the processor's resize
+            assert all(abs(k - f) < 28 for k, f in zip(kept, (fitted.height, fitted.width), strict=True)), (
+                width, height, fitted.size, kept)
+
+
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """A CUDA GPU of a chosen compute capability and memory, as far as the loader's questions go."""

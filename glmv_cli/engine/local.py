@@ -194,9 +194,17 @@ class LocalBackend(Backend):
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def max_image_pixels(self) -> int | None:
-        size = getattr(self.loaded.processor.image_processor, "size", None)
+        """The pixels GLM's processor keeps per image: `longest_edge` over its temporal patch.
+
+        It counts an image as `temporal_patch_size` frames (2: an image is its own second frame), so
+        `longest_edge` 9,633,792 keeps 4,816,896 pixels, 6,144 visual tokens. Fitting pages to twice
+        that left the processor a second downscale of every large page.
+        """
+        image_processor = self.loaded.processor.image_processor
+        size = getattr(image_processor, "size", None)
         longest = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
-        return int(longest) if longest else None
+        frames = int(getattr(image_processor, "temporal_patch_size", None) or 1)
+        return int(longest) // frames if longest else None
 
     # -- generation ----------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
