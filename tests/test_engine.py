@@ -264,7 +264,11 @@ def test_pages_are_fitted_to_the_processors_own_cap(tiny_model, tmp_path):
             grid = image_processor(images=[fitted], return_tensors="pt")["image_grid_thw"][0].tolist()
             kept = (grid[1] * 14, grid[2] * 14)  # (height, width) after the processor's resize
             assert all(abs(k - f) < 28 for k, f in zip(kept, (fitted.height, fitted.width), strict=True)), (
-                width, height, fitted.size, kept)
+                width,
+                height,
+                fitted.size,
+                kept,
+            )
 
 
 @pytest.fixture
