@@ -292,17 +292,17 @@ class KVBatch:
             ids = torch.tensor([run[0] for run in runs], device=device).view(-1, 1)
             new_mask = self.mask.new_ones(len(runs), 1)
             positions = torch.tensor([r.length + r.delta for r in self.rows], device=device).view(-1, 1)
-        else:
-            ids = torch.zeros(len(runs), width, dtype=torch.long)
-            new_mask = torch.zeros(len(runs), width, dtype=self.mask.dtype)
-            positions = torch.zeros(len(runs), width, dtype=torch.long)
-            for i, (row, run) in enumerate(zip(self.rows, runs, strict=True)):
-                start = row.length + row.delta
-                ids[i, width - len(run) :] = torch.tensor(run)
-                new_mask[i, width - len(run) :] = 1
-                positions[i] = start  # the masked columns' positions are never attended
-                positions[i, width - len(run) :] = torch.arange(start, start + len(run))
-            ids, new_mask, positions = ids.to(device), new_mask.to(device), positions.to(device)
+        else:  # built as lists, three tensors in all: per-row tensor writes cost 2 ms a 32-row step
+            ids_, mask_, positions_ = [], [], []
+            for row, run in zip(self.rows, runs, strict=True):
+                start, gap = row.length + row.delta, width - len(run)
+                ids_.append([0] * gap + run)
+                mask_.append([0] * gap + [1] * len(run))
+                # the masked columns' positions are never attended
+                positions_.append([start] * gap + list(range(start, start + len(run))))
+            ids = torch.tensor(ids_, device=device)
+            new_mask = torch.tensor(mask_, dtype=self.mask.dtype, device=device)
+            positions = torch.tensor(positions_, device=device)
         self.mask = torch.cat([self.mask, new_mask], dim=1)
         out = model(
             input_ids=ids,
@@ -579,9 +579,11 @@ class Batcher:
                     width = max(map(len, runs)) if any(scored) else 1
                     logits = batch.step(self.model(), runs, keep_logits=width)
                     if logits is not None:
-                        for i, (row, run) in enumerate(zip(batch.rows, runs, strict=True)):
-                            if scored[i]:
-                                processor.score_forced(row.steps, logits[i, -len(run) : -1], run[1:])
+                        forced = [
+                            (row.steps, run) if scored[i] else None
+                            for i, (row, run) in enumerate(zip(batch.rows, runs, strict=True))
+                        ]
+                        processor.score_forced(logits, forced)
         except Exception as exc:  # noqa: BLE001 - the batch's failure, handled below
             error, out_of_memory = self.describe(exc), self.is_out_of_memory(exc)
         else:

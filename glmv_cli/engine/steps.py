@@ -218,11 +218,34 @@ class StepProcessor(LogitsProcessor):
         row.tokens.extend(tokens)
         row.steps += len(tokens)  # the closing rule counts tokens, chosen or forced
 
-    def score_forced(self, row: RowSteps, logits: torch.Tensor, tokens: list[int]) -> None:
-        """Log-probs of forced tokens from the raw logits that preceded each (unmasked, as for chosen tokens)."""
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        index = torch.arange(len(tokens), device=logprobs.device), torch.tensor(tokens, device=logprobs.device)
-        row.token_logprobs.extend(logprobs[index].tolist())
+    def score_forced(self, logits: torch.Tensor, runs: list[tuple[RowSteps, list[int]] | None]) -> None:
+        """Log-probs of forced tokens from the raw logits that preceded each (unmasked, as for chosen tokens).
+
+        `logits` is a step's (rows, width, vocab); runs[i] is row i's state and its run (the chosen token,
+        then the forced ones) at the right end of the step, or None for a row whose forced tokens are not
+        scored. One log-softmax and one gather for the whole step.
+        """
+        width = logits.shape[1]
+        rows, columns, tokens = [], [], []
+        for i, item in enumerate(runs):
+            if item is not None:
+                run = item[1]
+                for k, token in enumerate(run[1:]):
+                    rows.append(i)
+                    columns.append(width - len(run) + k)  # the column whose logits chose this token
+                    tokens.append(token)
+        if not tokens:
+            return
+        device = logits.device
+        picked = logits[torch.tensor(rows, device=device), torch.tensor(columns, device=device)]
+        logprobs = torch.log_softmax(picked.float(), dim=-1)
+        values = logprobs[torch.arange(len(tokens), device=device), torch.tensor(tokens, device=device)].tolist()
+        at = 0
+        for item in runs:
+            if item is not None:
+                n = len(item[1]) - 1
+                item[0].token_logprobs.extend(values[at : at + n])
+                at += n
 
     def finish(self, last_tokens: list[int]) -> None:
         """Account for the last step's tokens, which no further call saw (generate's path)."""
