@@ -415,3 +415,24 @@ def test_bf16_cache_answers_as_the_float32_one(monkeypatch):
         # the tokens' probabilities (what confidence is made of) agree closely
         probabilities = [math.exp(x) for x in a.token_logprobs]
         assert probabilities == pytest.approx([math.exp(x) for x in b.token_logprobs], abs=0.03)
+
+
+def test_patch_embedding_runs_as_the_product_it_is(tiny_model):
+    """The loaded model's patch embedding is a matrix product with the checkpoint's Conv3d weights, and
+    gives what that convolution gives."""
+    import torch
+
+    from glmv_cli.engine.loader import PatchProduct
+
+    embed = LocalBackend(str(tiny_model)).loaded.model.model.visual.patch_embed
+    assert isinstance(embed.proj, PatchProduct)
+    conv = torch.nn.Conv3d(
+        embed.in_channels, embed.embed_dim, kernel_size=embed.proj.weight.shape[2:], stride=embed.proj.weight.shape[2:]
+    )
+    with torch.no_grad():
+        conv.weight.copy_(embed.proj.weight)
+        conv.bias.copy_(embed.proj.bias)
+        patches = torch.randn(37, embed.in_channels * embed.temporal_patch_size * embed.patch_size**2)
+        want = conv(patches.view(-1, embed.in_channels, *conv.kernel_size).to(conv.weight.dtype)).view(37, -1)
+        assert torch.allclose(embed(patches), want, atol=1e-5)
+    assert "proj.weight" in dict(embed.named_parameters())  # the checkpoint's names
