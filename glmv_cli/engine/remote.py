@@ -259,7 +259,10 @@ class RemoteBackend(Backend):
                     if not exhausted:
                         time.sleep(0.005)  # nothing ready and nothing in flight
                     continue
-                done, running = wait(running, timeout=None if exhausted else 0.02, return_when=FIRST_COMPLETED)
+                # With every slot taken nothing new can go out before an answer comes back: sleep until one does
+                # (polling every 20 ms through a 4 s run of 32 requests took 220 wake-ups over all 32 futures).
+                full = exhausted or len(running) >= limit
+                done, running = wait(running, timeout=None if full else 0.02, return_when=FIRST_COMPLETED)
                 for future in done:
                     yield future.result()
         finally:
