@@ -377,3 +377,26 @@ def test_flash_kernels_keep_the_2d_mask():
     assert _step_attention_mask(flash, mask, 2, torch.float32) is mask
     sdpa = SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa"))
     assert _step_attention_mask(sdpa, mask, 2, torch.float32).shape == (2, 1, 2, 5)
+
+
+def test_prompts_of_different_lengths_prefill_causally_without_a_mask(backend, monkeypatch, no_failures):
+    """Left-padded prompts prefill padded on the right with no mask (attention's causal kernel), then decode
+    from the left-padded cache with the same answers as each alone."""
+    seen: list[tuple[bool, bool]] = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, **kwargs):
+        if query.shape[2] > 1 and query.shape[2] == key.shape[2]:  # a prefill: as many queries as keys
+            seen.append((attn_mask is None, is_causal))
+        return real(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kwargs)
+
+    reqs = [
+        Request(prompt="Say hi", settings=GenerationSettings(max_new_tokens=8, logprobs=True)),
+        Request(prompt="A longer free answer " * 3, settings=GenerationSettings(max_new_tokens=12, logprobs=True)),
+    ]
+    alone = [backend.generate([r])[0] for r in reqs]
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    batched = backend.generate(reqs)
+    assert seen and all(no_mask and causal for no_mask, causal in seen)
+    for gen, want in zip(batched, alone, strict=True):
+        assert_same(gen, want)
