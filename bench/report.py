@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 APPROACHES = ("plain", "outlines", "outlines strict", "glmv b1", "glmv bN", "grammar processor", "vllm", "vllm c8")
@@ -323,8 +324,6 @@ def _peer_targets(results: dict[str, dict[str, Any]], best: dict[str, Any]) -> l
 def _medians(mine: dict[str, Any], peer: dict[str, Any]) -> str:
     """Each side's median valid docs/s over its rounds and their range: what the best rounds compare, read
     with the machine's noise."""
-    import statistics
-
     a = sorted(r["valid_docs_per_s"] for r in mine.get("rounds") or [])
     b = sorted(r["valid_docs_per_s"] for r in peer.get("rounds") or [])
     if len(a) < 3 or len(b) < 3:

@@ -260,10 +260,9 @@ class KVBatch:
             for layer in cache.layers:  # back to the left-padded layout: row i's tokens end at the right edge
                 layer.keys.copy_(_shifted_rows(layer.keys, -pads, width))
                 layer.values.copy_(_shifted_rows(layer.values, -pads, width))
-        else:
-            mask = _prompt_mask(model, mask2d, width, kv_dtype or model.dtype)
+        else:  # one length (transformers' causal kernel, no mask), or flash kernels (they take the 2-D mask)
             out = model(
-                **{**inputs, "attention_mask": mask},
+                **inputs,
                 position_ids=positions,
                 cache=cache,
                 use_cache=True,
@@ -412,17 +411,6 @@ def _takes_4d_masks(model: Any) -> bool:
 def _step_attention_mask(model: Any, mask: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
     """A decoding step's mask for the model: step_mask in the attention's dtype where it takes one, else the 2-D one."""
     return step_mask(mask, width, dtype) if _takes_4d_masks(model) else mask
-
-
-def _prompt_mask(model: Any, mask: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
-    """A prompt's attention mask: for left-padded prompts on CPU the additive 4-D one (step_mask; SDPA
-    would turn transformers' boolean one into it in every layer, 5 ms a layer for 8 prompts of 984
-    tokens). Otherwise the 2-D one: with no padding transformers uses a causal kernel and no mask at
-    all (a 31,000-token prompt's 4-D mask would take 2 GB), and on GPUs it picks its own kernels.
-    """
-    if mask.device.type != "cpu" or bool(mask.all()) or not _takes_4d_masks(model):
-        return mask
-    return step_mask(mask, width, dtype)
 
 
 def _shifted_rows(t: torch.Tensor, shift: torch.Tensor, width: int) -> torch.Tensor:
