@@ -57,11 +57,11 @@ tiny: $(TINY)/config.json  ## build the tiny random-weight GLM-4.6V-architecture
 $(TINY)/config.json: glmv_cli/engine/tiny.py
 	$(BIN)/python -m glmv_cli.engine.tiny $(TINY)
 
-train-tiny:  ## retrain models/glmv-tiny-trained from scratch (55 min measured on 2 cores), then measure it (1 min)
+train-tiny:  ## retrain models/glmv-tiny-trained from scratch (54 min measured on 2 cores), then measure it (1 min)
 	$(BIN)/python tools/train_tiny.py $(TRAINED)
 	$(BIN)/python tools/eval_trained.py
 
-eval-trained:  ## the trained checkpoint's held-out figures (about 3 min), written into its manifest.json
+eval-trained:  ## the trained checkpoint's held-out figures (about a minute), written into its manifest.json
 	$(BIN)/python tools/eval_trained.py
 
 demo:  ## synthetic invoices it never saw, extracted by the trained tiny checkpoint (text-layer PDFs and images)
