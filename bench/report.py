@@ -262,7 +262,7 @@ def _serve_load_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         failed = [r["error"] for r in (result.get("serve") or {}).get("runs", {}).values() if r.get("error")]
         out.append(_target(name, None, (failed or [result.get("error", "not measured")])[0]))
-    name = "glmv --backend openai docs/s >= 0.95x the same requests straight to vLLM (median of 3 paired rounds)"
+    name = "glmv --backend openai docs/s >= 0.95x the same requests straight to vLLM (median of 5 paired rounds)"
     r = result.get("remote") or {}
     if "ratio_median" in r:
         detail = (

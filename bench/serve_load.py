@@ -50,7 +50,7 @@ from bench.vllm_server import ServerProcess, available, free_port
 from glmv_cli.outputs.stats import percentile
 
 REQUESTS = 32
-REMOTE_ROUNDS = 3  # the glmv/vLLM ratio swung from 0.74 to 1.04 between single runs: a median of 3 paired rounds
+REMOTE_ROUNDS = 5  # the glmv/vLLM ratio swung from 0.38 to 1.37 between single rounds: a median of 5 paired rounds
 CLIENTS = 8
 SERVE_MAX_TOKENS = 128  # under the bench's 512: both halves stay around a minute on 2 cores
 IMAGE_PX = (300, 200)

@@ -168,6 +168,7 @@ class ManagedVllmBackend(Backend):
     """The remote backend over a vLLM server this process starts on first use and stops on close()."""
 
     accepts_encoded_images = True
+    takes_requests_as_ready = True
 
     def __init__(
         self,

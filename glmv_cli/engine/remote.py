@@ -119,6 +119,7 @@ class RemoteBackend(Backend):
     """Answers requests through /v1/chat/completions on one or more OpenAI-compatible servers."""
 
     accepts_encoded_images = True
+    takes_requests_as_ready = True
 
     def __init__(
         self,

@@ -137,18 +137,27 @@ class Extractor:
         next_out = 0
         done = False
 
+        # A server batches requests as they come: each document goes out as soon as it is read (waiting for
+        # a batch of them cost glmv's remote rounds 0.06-0.3 s). The local engine gathers a batch first:
+        # starting it on the first 1 or 4 documents read gave 10.1 docs/s against 10.5 (best of 4, 32
+        # bench pages, 2 cores), the loader threads then taking the cores from the model.
+        as_ready = getattr(self.backend, "takes_requests_as_ready", False)
+
+        def want() -> int:
+            return 0 if as_ready else size or 8
+
         def ready_jobs() -> Iterator[Job | None]:
             """Jobs for a streaming backend, one per free slot; None while none is ready (loading goes on)."""
             nonlocal done
             while (window or not done) and not self.stopped:
-                if not done:
-                    done = self._fill(pending, loader, window, states, seen, size or 8, wait=False)
+                if not done and not (as_ready and window):
+                    done = self._fill(pending, loader, window, states, seen, want(), wait=False)
                 yield window.pop(0) if window and not self.stopped else None
 
         try:
             while (not done or window) and not self.stopped:
                 if not done:
-                    done = self._fill(pending, loader, window, states, seen, size or 8)
+                    done = self._fill(pending, loader, window, states, seen, want())
                 if window and not self.stopped:
                     size = size or self.backend.default_batch_size()
                     for batch, records in self._generate_stage(window, size, ready_jobs()):

@@ -56,7 +56,9 @@ def _stat_regular(path: str | Path, roots: Sequence[Path] | None) -> os.stat_res
     # Checked before the type, so a link out to /dev/zero is named for where it leads, and never opened.
     if roots is not None:
         real = Path(os.path.realpath(path))  # realpath, unlike Path.resolve, never raises on loops
-        if not any(real.is_relative_to(root) for root in roots):
+        # Inside a root when the root is the file or one of its folders: hash lookups, where is_relative_to
+        # against every root cost 1,024 pathlib comparisons for 32 files named one by one (a glob's files).
+        if {real, *real.parents}.isdisjoint(roots):
             raise InputError(
                 f"symlink leads outside the folders given, to {real}",
                 hint="pass --follow-symlinks to read it",
