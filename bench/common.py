@@ -36,29 +36,34 @@ HEADLINE_ROUNDS = ROUNDS if ROUNDS < 2 else max(ROUNDS, int(os.environ.get("GLMV
 SCHEMA = "invoice"
 
 
-def bench_images() -> list[Path]:
+def bench_images(round_: int = 0) -> list[Path]:
     """The N_DOCS (32) bench images (corpus PNG/JPEG, longest side 1024 px, cycled), written once as PNG.
 
-    Cycled copies carry a PNG text chunk naming the copy: the same pixels, different bytes, so
-    glmv's content-hash de-duplication does not skip them and every approach sees 32 documents.
+    Every image is distinct in its pixels, within a set and across the sets `round_` picks: the top-left
+    pixel carries the set and the copy. A server with a prefix and image cache (vLLM's are on by default)
+    would otherwise skip the prefill of a cycled copy (14 of the 32 pages) and, from its second round on,
+    of every page; glmv runs with its result cache off and prefills all 32. Every approach's round n gets
+    set n, so each does the same work in it.
     """
     from PIL import Image, ImageOps, PngImagePlugin
 
     sources = sorted(p for folder in CORPUS for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not sources:
         raise SystemExit(f"no PNG/JPEG images found in {', '.join(map(str, CORPUS))}")
-    IMAGES.mkdir(parents=True, exist_ok=True)
+    folder = IMAGES / f"set{round_}"
+    folder.mkdir(parents=True, exist_ok=True)
     out = []
     for i in range(N_DOCS):
-        src = sources[i % len(sources)]
-        dest = IMAGES / f"{i:02d}_{src.stem}.png"
+        src, copy = sources[i % len(sources)], i // len(sources)
+        dest = folder / f"{i:02d}_{src.stem}.png"
         if not dest.exists():
             with Image.open(src) as img:
                 img = ImageOps.exif_transpose(img).convert("RGB")
                 scale = LONGEST_SIDE / max(img.size)
                 img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
+                img.putpixel((0, 0), (255 - round_ % 256, 255 - copy % 256, 250))
                 info = PngImagePlugin.PngInfo()
-                info.add_text("bench-copy", f"{i // len(sources)}")
+                info.add_text("bench-copy", f"set {round_}, copy {copy}")
                 tmp = dest.with_suffix(".tmp")
                 img.save(tmp, format="PNG", pnginfo=info)
                 tmp.replace(dest)
