@@ -215,6 +215,8 @@ def test_cache_second_run_loads_no_model(model_env, tmp_path, monkeypatch):
 
     monkeypatch.setattr(local, "load_model", boom)
     monkeypatch.setattr(local, "_MODELS", {})
+    # Nor is the backend built (it imports torch and transformers: 1.8 s of a cached run over 1,000 files).
+    monkeypatch.setattr(local, "LocalBackend", boom)
     second = extract(*args)
     assert second.exit_code == 0, second.stderr
     strip = [{k: v for k, v in r.items() if k not in ("cached", "timings")} for r in jsonl(first.stdout)]

@@ -67,6 +67,9 @@ class LazyLocalBackend:
     """
 
     supports_chat = True
+    # Asked by every run before it knows whether a model is needed: answered here, as LocalBackend would.
+    takes_requests_as_ready = False
+    accepts_encoded_images = False
 
     def __init__(self, model: str, **options: Any):
         self.model_id = model
