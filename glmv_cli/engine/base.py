@@ -92,8 +92,8 @@ class Backend(abc.ABC):
     load_s: float = 0.0
     supports_chat: bool = False  # Request.messages, tools and Lark grammars (the local engine)
     accepts_encoded_images: bool = False  # sends Request.encoded as they are (a remote server decodes them)
-    # A server batches requests as they arrive: the first document goes out as soon as it is read, not
-    # once a batch of them is (the local engine sorts a first batch by length, so it waits for one).
+    # A server batches requests as they arrive: each document goes out as soon as it is read, not once a
+    # batch of them is (the local engine gathers a batch first; Extractor._run says why).
     takes_requests_as_ready: bool = False
 
     @abc.abstractmethod
