@@ -23,6 +23,7 @@ from mcp.server.fastmcp.exceptions import ToolError
 
 from glmv_cli.api import Glmv
 from glmv_cli.errors import GlmvError
+from glmv_cli.inputs.read import inside, roots_of
 
 MAX_FILE_BYTES = 20 * 1024 * 1024  # per base64 file, as glmv serve takes images
 INSTRUCTIONS = (
@@ -36,11 +37,11 @@ class Access:
     """Which paths a client may name: those inside the allowed folders, after resolving links."""
 
     def __init__(self, allow_dirs: list[Path] | None):
-        self.roots = [Path(os.path.realpath(d)) for d in allow_dirs or []]
+        self.roots = roots_of(allow_dirs or [])
 
     def check(self, path: str) -> Path:
         real = Path(os.path.realpath(path))
-        if not any(real == root or real.is_relative_to(root) for root in self.roots):
+        if not inside(real, self.roots):
             where = ", ".join(str(r) for r in self.roots) or "none: send files as base64"
             raise ToolError(f"{path}: outside the folders this server may read ({where})")
         return real
